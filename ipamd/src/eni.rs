@@ -1,0 +1,762 @@
+//! ENI lifecycle: create, attach, wait until usable, grow/shrink, detach and delete, and the
+//! leaked-ENI sweep (ipam.md §6.3, §7, §8).
+//!
+//! Everything here goes through [`Ec2Api`] (so through the one token bucket) and reads attachment
+//! truth from IMDS; the host side (the link showing up by MAC) is asked through [`LinkProbe`],
+//! which `hostnet` implements over the netlink facade. Every failure after `CreateNetworkInterface`
+//! rolls back (detach + delete) so a failed growth never leaves an ENI behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ec2::{AddressRequest, CreateEniRequest, Ec2Api, Ec2Error, EniInfo, Filter, Tags};
+use crate::imds::{EniMetadata, Imds, ImdsError, MetadataSource};
+
+/// Tag naming the instance that created/owns an ENI.
+pub const TAG_INSTANCE_ID: &str = "node.k8s.amazonaws.com/instance_id";
+/// Tag with the creation time (RFC 3339), read by the leaked-ENI sweep.
+pub const TAG_CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
+/// Tag naming the cluster (when `CLUSTER_NAME` is set).
+pub const TAG_CLUSTER_NAME: &str = "cluster.k8s.amazonaws.com/name";
+/// Owner tag written when `CLUSTER_NAME` is set.
+pub const TAG_EKS_OWNER: &str = "eks:eni:owner";
+/// User tag: `true` ⇒ never use or delete this ENI.
+pub const TAG_NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
+/// Subnet tag for subnet discovery (`0` excludes the subnet).
+pub const TAG_SUBNET_ROLE: &str = "kubernetes.io/role/cni";
+/// Subnet tag prefix scoping a subnet to clusters.
+pub const TAG_SUBNET_CLUSTER_PREFIX: &str = "cni.networking.k8s.aws/cluster/";
+/// Description prefix of ENIs we create (`aws-K8S-<instance-id>`), as upstream.
+pub const DESCRIPTION_PREFIX: &str = "aws-K8S-";
+
+/// Errors of the ENI lifecycle.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum EniError {
+    /// An EC2 call failed (after its retries).
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    /// Reading IMDS failed.
+    #[error(transparent)]
+    Imds(#[from] ImdsError),
+    /// Every candidate subnet is out of addresses (or of aligned /28s).
+    #[error("no subnet has capacity for a new ENI (tried {tried:?}): {last}")]
+    SubnetsExhausted {
+        /// Subnets tried, in order.
+        tried: Vec<String>,
+        /// Error of the last attempt.
+        last: Ec2Error,
+    },
+    /// No eligible subnet at all.
+    #[error("no eligible subnet for new ENIs")]
+    NoSubnet,
+    /// All device indexes 0..max are taken on the card.
+    #[error("no free device index below {max} on network card {card}")]
+    NoFreeDeviceIndex {
+        /// Network card.
+        card: u32,
+        /// Exclusive upper bound searched.
+        max: u32,
+    },
+    /// The ENI never became visible in IMDS (or as a host link) within the wait budget.
+    #[error("ENI {eni_id} ({mac}) did not show up in {what} in time")]
+    NotVisible {
+        /// ENI.
+        eni_id: String,
+        /// Its MAC.
+        mac: String,
+        /// `IMDS` or `host links`.
+        what: &'static str,
+    },
+    /// The ENI is unmanaged and must not be touched.
+    #[error("ENI {0} is not managed by this daemon")]
+    Unmanaged(String),
+}
+
+/// Bounded exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Number of tries (first one included).
+    pub attempts: u32,
+    /// Pause after the first failed try.
+    pub initial: Duration,
+    /// Pause ceiling.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Pause after failed try number `n` (1-based), doubled each time, capped, ±15 % jitter
+    /// (upstream's IMDS wait uses 15 %).
+    pub fn pause(&self, n: u32) -> Duration {
+        let d = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(20)))
+            .min(self.max);
+        d.mul_f64(0.85 + rand::random::<f64>() * 0.3)
+    }
+}
+
+/// Whether the host sees a link with a MAC. Implemented by `hostnet` over netlink; tests and
+/// IMDS-only setups may use [`AssumeLinkPresent`].
+pub trait LinkProbe: Send + Sync {
+    /// `true` when a link with this MAC (lower case) exists in the daemon's network namespace.
+    fn link_exists(&self, mac: &str) -> bool;
+}
+
+/// A [`LinkProbe`] that never waits for the host link.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AssumeLinkPresent;
+
+impl LinkProbe for AssumeLinkPresent {
+    fn link_exists(&self, _mac: &str) -> bool {
+        true
+    }
+}
+
+/// Settings of the ENI lifecycle; the daemon fills them from its config and IMDS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EniSettings {
+    /// This instance.
+    pub instance_id: String,
+    /// VPC of the primary ENI.
+    pub vpc_id: String,
+    /// Availability zone (subnet discovery filter).
+    pub availability_zone: String,
+    /// Subnet of the primary ENI (default subnet for new ENIs).
+    pub primary_subnet_id: String,
+    /// Security groups for new ENIs (the primary ENI's, sorted).
+    pub security_groups: Vec<String>,
+    /// `CLUSTER_NAME` (None when empty).
+    pub cluster_name: Option<String>,
+    /// `ADDITIONAL_ENI_TAGS` (keys containing `k8s.amazonaws.com` are dropped when applied).
+    pub additional_tags: Tags,
+    /// `ENABLE_SUBNET_DISCOVERY`.
+    pub subnet_discovery: bool,
+    /// `MANAGE_UNTAGGED_ENI`.
+    pub manage_untagged: bool,
+    /// Network card new ENIs go to.
+    pub network_card: u32,
+    /// Device indexes searched are `0..max_device_index` (upstream: 100, keeping tables ≤ 100).
+    pub max_device_index: u32,
+    /// Attach tries when another attach races us for the same device index.
+    pub attach_attempts: u32,
+    /// Wait for IMDS and the host link after attach.
+    pub visible_wait: Backoff,
+    /// Delete retries (an ENI still `detaching` answers "currently in use").
+    pub delete_retry: Backoff,
+    /// Age before a leaked `available` ENI is deleted (upstream 5 min).
+    pub leaked_grace: Duration,
+}
+
+impl EniSettings {
+    /// Defaults around the identity fields.
+    pub fn new(
+        instance_id: &str,
+        vpc_id: &str,
+        availability_zone: &str,
+        primary_subnet_id: &str,
+    ) -> Self {
+        Self {
+            instance_id: instance_id.to_string(),
+            vpc_id: vpc_id.to_string(),
+            availability_zone: availability_zone.to_string(),
+            primary_subnet_id: primary_subnet_id.to_string(),
+            security_groups: Vec::new(),
+            cluster_name: None,
+            additional_tags: Tags::new(),
+            subnet_discovery: true,
+            manage_untagged: true,
+            network_card: 0,
+            max_device_index: 100,
+            attach_attempts: 5,
+            visible_wait: Backoff {
+                attempts: 12,
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+            },
+            delete_retry: Backoff {
+                attempts: 12,
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(5),
+            },
+            leaked_grace: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A freshly created, attached and visible ENI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachedEni {
+    /// EC2's view at creation (addresses requested with the ENI included).
+    pub info: EniInfo,
+    /// Attachment ID.
+    pub attachment_id: String,
+    /// Device index it was attached at.
+    pub device_index: u32,
+    /// Network card.
+    pub network_card: u32,
+    /// IMDS's view once visible (may lag EC2 by a few addresses; reconcile catches up).
+    pub metadata: EniMetadata,
+}
+
+/// Why an ENI is not ours to manage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmanaged {
+    /// Tagged `node.k8s.amazonaws.com/no_manage=true`.
+    NoManageTag,
+    /// `MANAGE_UNTAGGED_ENI=false` and not tagged with this instance.
+    Untagged,
+    /// EFA-only / trunk interfaces are out of scope for pod addresses.
+    SpecialType,
+}
+
+/// What one leaked-ENI pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Newly marked this pass (deleted next pass if still leaked).
+    pub marked: Vec<String>,
+    /// Deleted this pass.
+    pub deleted: Vec<String>,
+    /// Given a `createdAt` tag because they had none (or an unparsable one).
+    pub tagged: Vec<String>,
+    /// Deletions that failed (kept marked for the next pass).
+    pub failed: Vec<String>,
+}
+
+/// State of the two-phase leaked-ENI sweep: ENIs seen leaked on the previous pass.
+#[derive(Debug, Clone, Default)]
+pub struct LeakedEniSweeper {
+    marked: BTreeSet<String>,
+}
+
+impl LeakedEniSweeper {
+    /// No ENI marked yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// ENIs currently marked.
+    pub fn marked(&self) -> &BTreeSet<String> {
+        &self.marked
+    }
+}
+
+/// The ENI lifecycle over EC2 + IMDS + host links.
+#[derive(Debug, Clone)]
+pub struct EniManager<E, S, L> {
+    ec2: E,
+    imds: Imds<S>,
+    link: L,
+    settings: EniSettings,
+}
+
+impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
+    /// Assemble.
+    pub fn new(ec2: E, imds: Imds<S>, link: L, settings: EniSettings) -> Self {
+        Self {
+            ec2,
+            imds,
+            link,
+            settings,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EniSettings {
+        &self.settings
+    }
+
+    /// The EC2 client.
+    pub fn ec2(&self) -> &E {
+        &self.ec2
+    }
+
+    /// Description for ENIs we create.
+    pub fn description(&self) -> String {
+        format!("{DESCRIPTION_PREFIX}{}", self.settings.instance_id)
+    }
+
+    /// Tags for a new ENI (ipam.md §8.1), `createdAt` = `now`.
+    pub fn creation_tags(&self, now: OffsetDateTime) -> Tags {
+        let mut t = self.ownership_tags();
+        if let Ok(ts) = now.format(&Rfc3339) {
+            t.insert(TAG_CREATED_AT.to_string(), ts);
+        }
+        t
+    }
+
+    /// Tags topped up on every managed ENI (no `createdAt`): instance, cluster, additional.
+    pub fn ownership_tags(&self) -> Tags {
+        let mut t = Tags::new();
+        // Additional tags first so that ours win; upstream drops any key that would let users
+        // forge ownership (anything containing `k8s.amazonaws.com`).
+        for (k, v) in &self.settings.additional_tags {
+            if !k.contains("k8s.amazonaws.com") {
+                t.insert(k.clone(), v.clone());
+            }
+        }
+        t.insert(
+            TAG_INSTANCE_ID.to_string(),
+            self.settings.instance_id.clone(),
+        );
+        if let Some(c) = &self.settings.cluster_name {
+            t.insert(TAG_CLUSTER_NAME.to_string(), c.clone());
+            t.insert(TAG_EKS_OWNER.to_string(), "amazon-vpc-cni".to_string());
+        }
+        t
+    }
+
+    /// Whether we may use/delete this ENI. `None` = managed.
+    pub fn unmanaged_reason(&self, eni: &EniInfo, is_primary: bool) -> Option<Unmanaged> {
+        if eni
+            .tags
+            .get(TAG_NO_MANAGE)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            return Some(Unmanaged::NoManageTag);
+        }
+        if matches!(eni.interface_type.as_str(), "efa-only" | "trunk") {
+            return Some(Unmanaged::SpecialType);
+        }
+        if !is_primary
+            && !self.settings.manage_untagged
+            && eni.tags.get(TAG_INSTANCE_ID) != Some(&self.settings.instance_id)
+        {
+            return Some(Unmanaged::Untagged);
+        }
+        None
+    }
+
+    /// Subnets to try for a new ENI, best first (ipam.md §7): with discovery, the node subnet
+    /// plus subnets tagged `kubernetes.io/role/cni` (non-`0`), honouring cluster scoping, by free
+    /// addresses descending. Without discovery (or if `DescribeSubnets` fails), the node subnet.
+    pub async fn candidate_subnets(&self) -> Vec<String> {
+        let primary = self.settings.primary_subnet_id.clone();
+        if !self.settings.subnet_discovery {
+            return vec![primary];
+        }
+        let filters = [
+            Filter::new("vpc-id", &self.settings.vpc_id),
+            Filter::new("availability-zone", &self.settings.availability_zone),
+        ];
+        let subnets = match self.ec2.describe_subnets(&filters).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "subnet discovery failed; using the node subnet only");
+                return vec![primary];
+            }
+        };
+        let mut ok: Vec<(u32, String)> = Vec::new();
+        let mut saw_primary = false;
+        for s in subnets {
+            let role = s.tags.get(TAG_SUBNET_ROLE);
+            if role.is_some_and(|v| v == "0") {
+                if s.subnet_id == primary {
+                    saw_primary = true;
+                }
+                continue;
+            }
+            let is_primary = s.subnet_id == primary;
+            if is_primary {
+                saw_primary = true;
+            }
+            if !is_primary && role.is_none() {
+                continue;
+            }
+            let scoped: Vec<&str> = s
+                .tags
+                .keys()
+                .filter_map(|k| k.strip_prefix(TAG_SUBNET_CLUSTER_PREFIX))
+                .collect();
+            if !is_primary && !scoped.is_empty() {
+                match &self.settings.cluster_name {
+                    Some(c) if scoped.contains(&c.as_str()) => {}
+                    _ => continue,
+                }
+            }
+            ok.push((s.available, s.subnet_id));
+        }
+        ok.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut out: Vec<String> = ok.into_iter().map(|(_, id)| id).collect();
+        if !saw_primary {
+            // DescribeSubnets did not list the node subnet at all (eventual consistency, or a
+            // filter mismatch): keep the upstream default rather than lose it.
+            out.push(primary);
+        }
+        out
+    }
+
+    /// Create an ENI with `addresses`, attach it at the first free device index, set
+    /// DeleteOnTermination, and wait until IMDS (and the host link) show it. Any failure after
+    /// creation deletes the ENI again.
+    pub async fn create_and_attach(&self, addresses: AddressRequest) -> Result<AttachedEni, EniError> {
+        let subnets = self.candidate_subnets().await;
+        if subnets.is_empty() {
+            return Err(EniError::NoSubnet);
+        }
+        let mut tried = Vec::new();
+        let mut created = None;
+        let mut last_capacity_err = None;
+        for subnet in subnets {
+            let req = CreateEniRequest {
+                subnet_id: subnet.clone(),
+                description: self.description(),
+                security_groups: self.settings.security_groups.clone(),
+                addresses,
+                tags: self.creation_tags(OffsetDateTime::now_utc()),
+            };
+            tried.push(subnet.clone());
+            match self.ec2.create_network_interface(&req).await {
+                Ok(eni) => {
+                    created = Some(eni);
+                    break;
+                }
+                Err(e)
+                    if e.code_is("InsufficientFreeAddressesInSubnet")
+                        || e.code_is("InsufficientCidrBlocks") =>
+                {
+                    tracing::info!(subnet, error = %e, "subnet full; trying the next candidate");
+                    last_capacity_err = Some(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let eni = match (created, last_capacity_err) {
+            (Some(eni), _) => eni,
+            (None, Some(last)) => return Err(EniError::SubnetsExhausted { tried, last }),
+            (None, None) => return Err(EniError::NoSubnet),
+        };
+        tracing::info!(eni = %eni.eni_id, subnet = %eni.subnet_id, "created ENI");
+
+        let (attachment_id, device_index) = match self.attach_free_index(&eni.eni_id).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.rollback(&eni.eni_id, None).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self
+            .ec2
+            .set_delete_on_termination(&eni.eni_id, &attachment_id)
+            .await
+        {
+            self.rollback(&eni.eni_id, Some(&attachment_id)).await;
+            return Err(e.into());
+        }
+        let metadata = match self.wait_visible(&eni, addresses).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.rollback(&eni.eni_id, Some(&attachment_id)).await;
+                return Err(e);
+            }
+        };
+        Ok(AttachedEni {
+            info: eni,
+            attachment_id,
+            device_index,
+            network_card: self.settings.network_card,
+            metadata,
+        })
+    }
+
+    /// Attach at the lowest free device index on our card; retry with a fresh view when another
+    /// attach took the index first (EC2 answers `InvalidParameterValue` "... already has an
+    /// interface attached at device index ...").
+    async fn attach_free_index(&self, eni_id: &str) -> Result<(String, u32), EniError> {
+        let card = self.settings.network_card;
+        let mut taken_locally: BTreeSet<u32> = BTreeSet::new();
+        let attempts = self.settings.attach_attempts.max(1);
+        let mut last = None;
+        for _ in 0..attempts {
+            let attached = self
+                .ec2
+                .describe_instance_enis(&self.settings.instance_id)
+                .await?;
+            let mut used: BTreeSet<u32> = attached
+                .iter()
+                .filter(|a| a.network_card == card)
+                .map(|a| a.device_index)
+                .collect();
+            used.extend(&taken_locally);
+            let Some(idx) = (0..self.settings.max_device_index).find(|i| !used.contains(i)) else {
+                return Err(EniError::NoFreeDeviceIndex {
+                    card,
+                    max: self.settings.max_device_index,
+                });
+            };
+            match self
+                .ec2
+                .attach_network_interface(eni_id, &self.settings.instance_id, idx, card)
+                .await
+            {
+                Ok(att) => {
+                    tracing::info!(eni = eni_id, device_index = idx, "attached ENI");
+                    return Ok((att, idx));
+                }
+                Err(e) if e.code_is("InvalidParameterValue") && e.message.contains("device index") => {
+                    tracing::info!(eni = eni_id, device_index = idx, "device index taken; retrying");
+                    // DescribeInstances may lag the racing attach: skip this index regardless.
+                    taken_locally.insert(idx);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(match last {
+            Some(e) => e.into(),
+            None => EniError::NoFreeDeviceIndex {
+                card,
+                max: self.settings.max_device_index,
+            },
+        })
+    }
+
+    /// Poll IMDS (and the host link) until the ENI shows up with its addresses. Upstream accepts a
+    /// partial view at the end (IMDS lags EC2); we accept the ENI once it is listed with at least
+    /// one requested address, and at the deadline with whatever it has if it is listed at all.
+    async fn wait_visible(
+        &self,
+        eni: &EniInfo,
+        want: AddressRequest,
+    ) -> Result<EniMetadata, EniError> {
+        let w = self.settings.visible_wait;
+        let primary_mac = self.imds.primary_mac().await?;
+        let mut seen: Option<EniMetadata> = None;
+        for n in 1..=w.attempts.max(1) {
+            match self.imds.macs().await {
+                Ok(macs) if macs.iter().any(|m| *m == eni.mac) => {
+                    match self.imds.interface(&eni.mac, &primary_mac).await {
+                        Ok(m) => {
+                            let complete = match want {
+                                AddressRequest::None => true,
+                                AddressRequest::Ips(k) => k == 0 || !m.secondary_ips().is_empty(),
+                                AddressRequest::Prefixes(k) => k == 0 || !m.ipv4_prefixes.is_empty(),
+                            };
+                            let link = self.link.link_exists(&eni.mac);
+                            if complete && link {
+                                return Ok(m);
+                            }
+                            seen = Some(m);
+                        }
+                        // Half-populated per-MAC directory right after attach: keep waiting.
+                        Err(ImdsError::Missing { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "IMDS read failed while waiting for ENI"),
+            }
+            if n < w.attempts {
+                tokio::time::sleep(w.pause(n)).await;
+            }
+        }
+        match seen {
+            Some(m) if self.link.link_exists(&eni.mac) => {
+                tracing::warn!(eni = %eni.eni_id, "IMDS shows the ENI without its addresses yet; reconcile will add them");
+                Ok(m)
+            }
+            Some(_) => Err(EniError::NotVisible {
+                eni_id: eni.eni_id.clone(),
+                mac: eni.mac.clone(),
+                what: "host links",
+            }),
+            None => Err(EniError::NotVisible {
+                eni_id: eni.eni_id.clone(),
+                mac: eni.mac.clone(),
+                what: "IMDS",
+            }),
+        }
+    }
+
+    async fn rollback(&self, eni_id: &str, attachment_id: Option<&str>) {
+        tracing::warn!(eni = eni_id, "rolling back ENI creation");
+        if let Err(e) = self.detach_and_delete(eni_id, attachment_id).await {
+            // The leaked-ENI sweep will find it (tagged with us, `available`).
+            tracing::error!(eni = eni_id, error = %e, "rollback failed; leaked-ENI sweep will retry");
+        }
+    }
+
+    async fn detach_and_delete(
+        &self,
+        eni_id: &str,
+        attachment_id: Option<&str>,
+    ) -> Result<(), EniError> {
+        if let Some(att) = attachment_id {
+            match self.ec2.detach_network_interface(att, false).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.delete_with_retry(eni_id).await
+    }
+
+    /// Delete, retrying while EC2 still sees the ENI attached (detach is asynchronous).
+    async fn delete_with_retry(&self, eni_id: &str) -> Result<(), EniError> {
+        let b = self.settings.delete_retry;
+        let mut n = 0;
+        loop {
+            n += 1;
+            match self.ec2.delete_network_interface(eni_id).await {
+                Ok(()) => {
+                    tracing::info!(eni = eni_id, "deleted ENI");
+                    return Ok(());
+                }
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) if n < b.attempts => {
+                    tracing::debug!(eni = eni_id, error = %e, "delete failed; retrying");
+                    tokio::time::sleep(b.pause(n)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Detach and delete one of our ENIs. Gone already ⇒ Ok. Refuses unmanaged ENIs and the
+    /// primary ENI (device 0 on card 0).
+    pub async fn free_eni(&self, eni_id: &str) -> Result<(), EniError> {
+        let list = match self.ec2.describe_network_interfaces(&[eni_id.to_string()]).await {
+            Ok(l) => l,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(eni) = list.into_iter().find(|e| e.eni_id == eni_id) else {
+            return Ok(());
+        };
+        let is_primary = eni
+            .attachment
+            .as_ref()
+            .is_some_and(|a| a.device_index == 0 && a.network_card == 0);
+        if is_primary || self.unmanaged_reason(&eni, false).is_some() {
+            return Err(EniError::Unmanaged(eni_id.to_string()));
+        }
+        let att = eni.attachment.as_ref().map(|a| a.attachment_id.as_str());
+        self.detach_and_delete(eni_id, att).await
+    }
+
+    /// `DescribeNetworkInterfaces` for `ids`, dropping IDs EC2 reports as unknown (it fails the
+    /// whole call and quotes the bad ID; upstream does the same drop-and-retry).
+    pub async fn describe_enis(&self, ids: &[String]) -> Result<Vec<EniInfo>, EniError> {
+        let mut ids: Vec<String> = ids.to_vec();
+        loop {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            match self.ec2.describe_network_interfaces(&ids).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_not_found() => {
+                    let Some(bad) = e.quoted_id().map(str::to_string) else {
+                        return Err(e.into());
+                    };
+                    let before = ids.len();
+                    ids.retain(|i| *i != bad);
+                    if ids.len() == before {
+                        return Err(e.into());
+                    }
+                    tracing::info!(eni = bad, "ENI no longer exists; dropped from describe");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Add `count` secondary IPs to an ENI; returns the new addresses.
+    pub async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, EniError> {
+        Ok(self.ec2.assign_private_ips(eni_id, count).await?)
+    }
+
+    /// Add `count` /28 prefixes to an ENI; returns the new prefixes.
+    pub async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, EniError> {
+        Ok(self.ec2.assign_prefixes(eni_id, count).await?)
+    }
+
+    /// Remove secondary IPs from an ENI.
+    pub async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), EniError> {
+        Ok(self.ec2.unassign_private_ips(eni_id, ips).await?)
+    }
+
+    /// Remove prefixes from an ENI.
+    pub async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), EniError> {
+        Ok(self.ec2.unassign_prefixes(eni_id, prefixes).await?)
+    }
+
+    /// Write our ownership tags on ENIs we manage (start-up and newly found ENIs).
+    pub async fn top_up_tags(&self, eni_ids: &[String]) -> Result<(), EniError> {
+        Ok(self.ec2.create_tags(eni_ids, &self.ownership_tags()).await?)
+    }
+
+    /// One pass of the two-phase leaked-ENI sweep: `available` ENIs tagged with this instance,
+    /// described `aws-K8S-…` and older than the grace period are marked on the first pass and
+    /// deleted on the next pass if still leaked (so an ENI that is between create and attach in a
+    /// concurrent flow is never deleted on a single observation).
+    pub async fn sweep_leaked(
+        &self,
+        sweeper: &mut LeakedEniSweeper,
+        now: OffsetDateTime,
+    ) -> Result<SweepReport, EniError> {
+        let mut filters = vec![
+            Filter::new(&format!("tag:{TAG_INSTANCE_ID}"), &self.settings.instance_id),
+            Filter::new("status", "available"),
+            Filter::new("vpc-id", &self.settings.vpc_id),
+        ];
+        if let Some(c) = &self.settings.cluster_name {
+            filters.push(Filter::new(&format!("tag:{TAG_CLUSTER_NAME}"), c));
+        }
+        let found = self.ec2.describe_network_interfaces_filtered(&filters).await?;
+        let mut report = SweepReport::default();
+        let mut leaked = BTreeSet::new();
+        let mut to_tag = Vec::new();
+        for eni in found {
+            if eni.status != "available" || !eni.description.starts_with(DESCRIPTION_PREFIX) {
+                continue;
+            }
+            if eni.tags.get(TAG_NO_MANAGE).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+                continue;
+            }
+            // Missing or unparsable createdAt: stamp it now and judge it later (upstream's
+            // unparsable case deletes at once, ipam.md §13 #18).
+            let created = eni
+                .tags
+                .get(TAG_CREATED_AT)
+                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok());
+            let Some(created) = created else {
+                to_tag.push(eni.eni_id);
+                continue;
+            };
+            let age = now - created;
+            if age >= time::Duration::try_from(self.settings.leaked_grace).unwrap_or(time::Duration::MAX) {
+                leaked.insert(eni.eni_id);
+            }
+        }
+        if !to_tag.is_empty() {
+            let mut t = BTreeMap::new();
+            if let Ok(ts) = now.format(&Rfc3339) {
+                t.insert(TAG_CREATED_AT.to_string(), ts);
+            }
+            self.ec2.create_tags(&to_tag, &t).await?;
+            report.tagged = to_tag;
+        }
+        let mut still_marked = BTreeSet::new();
+        for id in leaked {
+            if sweeper.marked.contains(&id) {
+                match self.delete_with_retry(&id).await {
+                    Ok(()) => report.deleted.push(id),
+                    Err(e) => {
+                        tracing::warn!(eni = id, error = %e, "leaked ENI delete failed");
+                        report.failed.push(id.clone());
+                        still_marked.insert(id);
+                    }
+                }
+            } else {
+                report.marked.push(id.clone());
+                still_marked.insert(id);
+            }
+        }
+        sweeper.marked = still_marked;
+        Ok(report)
+    }
+}

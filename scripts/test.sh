@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command (README): lint, build every binary, run every test.
+# Must run as root: the integration and end-to-end tests create network namespaces (only their
+# own, prefixed, and removed afterwards; the root namespace is never changed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/awscni-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: run as root (the tests create network namespaces)" >&2
+    exit 1
+fi
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build (all binaries; end-to-end tests spawn them)"
+cargo build --workspace --bins
+
+step "cargo test"
+cargo test --workspace --no-fail-fast
