@@ -606,7 +606,12 @@ impl Netlink {
         }
     }
 
-    fn set_link(&mut self, index: u32, f: impl FnOnce(&mut LinkMessage), op: &str) -> Result<(), NlError> {
+    fn set_link(
+        &mut self,
+        index: u32,
+        f: impl FnOnce(&mut LinkMessage),
+        op: &str,
+    ) -> Result<(), NlError> {
         let mut m = LinkMessage::default();
         m.header.index = index;
         f(&mut m);
@@ -666,7 +671,8 @@ impl Netlink {
             m.header.flags = LinkFlags::Up;
             m.header.change_mask = LinkFlags::Up;
         }
-        m.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
+        m.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
         m.attributes.push(LinkAttribute::Mtu(spec.mtu));
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
@@ -803,11 +809,7 @@ impl Netlink {
         } else {
             AddressFamily::Inet
         };
-        let msgs = self.exchange(
-            RouteNetlinkMessage::GetRoute(q),
-            NLM_F_DUMP,
-            "list routes",
-        )?;
+        let msgs = self.exchange(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP, "list routes")?;
         let mut out = Vec::new();
         for m in msgs {
             let RouteNetlinkMessage::NewRoute(r) = m else {
@@ -921,11 +923,10 @@ impl Netlink {
         m.header.family = family_of(ip);
         m.header.ifindex = index;
         m.header.state = NeighbourState::Permanent;
-        m.attributes
-            .push(NeighbourAttribute::Destination(match ip {
-                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-            }));
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         self.ack(
@@ -1063,7 +1064,9 @@ fn route_msg(r: &Route, create: bool) -> RouteMessage {
     let mut attrs = Vec::new();
     set_table(&mut m.header, &mut attrs, r.table);
     if r.dst.prefix_len() > 0 {
-        attrs.push(RouteAttribute::Destination(RouteAddress::from(r.dst.addr())));
+        attrs.push(RouteAttribute::Destination(RouteAddress::from(
+            r.dst.addr(),
+        )));
     }
     if let Some(gw) = r.gateway {
         attrs.push(RouteAttribute::Gateway(RouteAddress::from(gw)));

@@ -205,7 +205,10 @@ impl MaxPods {
         );
         s += &format!("ENIs              {}{card}\n", self.default_card_enis);
         if let Some(m) = self.max_eni {
-            s += &format!("MAX_ENI           min({m}, {}) = {}\n", self.default_card_enis, self.enis);
+            s += &format!(
+                "MAX_ENI           min({m}, {}) = {}\n",
+                self.default_card_enis, self.enis
+            );
         }
         if self.unmanaged_enis > 0 {
             s += &format!("unmanaged ENIs    −{}\n", self.unmanaged_enis);
@@ -236,7 +239,11 @@ impl MaxPods {
             "cap               {} ({} vCPUs {} 30) → recommended {}\n",
             self.cap,
             self.vcpus,
-            if self.vcpus > CAP_LARGE_VCPU_THRESHOLD { ">" } else { "≤" },
+            if self.vcpus > CAP_LARGE_VCPU_THRESHOLD {
+                ">"
+            } else {
+                "≤"
+            },
             self.recommended
         );
         s
@@ -272,7 +279,9 @@ pub fn compute(it: &InstanceType, opts: &Options) -> MaxPods {
             PdPolicy::Calculator => it.is_nitro(),
         };
         let version_ok = opts.pd_policy == PdPolicy::Daemon
-            || opts.cni_version.is_none_or(|v| v.supports_prefix_delegation());
+            || opts
+                .cni_version
+                .is_none_or(|v| v.supports_prefix_delegation());
         if !type_ok {
             Some(PdNote::NotNitro)
         } else if !version_ok {

@@ -13,13 +13,16 @@
 //! and the formula depend with `default-features = false`.
 
 mod formula;
+pub mod imds;
 mod table;
 
+#[cfg(feature = "ec2")]
+pub mod ec2;
 
 pub use formula::{
     CAP_LARGE, CAP_LARGE_VCPU_THRESHOLD, CAP_SMALL, CniVersion, HOST_NETWORK_PODS, MaxPods,
-    Options, PdNote, PdPolicy, PREFIX_ADDRESSES, compute, eni_max_pods_lines,
-    node_max_pods, parse_eni_max_pods, recommended_cap,
+    Options, PREFIX_ADDRESSES, PdNote, PdPolicy, compute, eni_max_pods_lines, node_max_pods,
+    parse_eni_max_pods, recommended_cap,
 };
 pub use table::{
     Hypervisor, InstanceType, NetworkCard, SourceInfo, Table, TableError, all, check_builtin,

@@ -9,5 +9,15 @@
 //! The only contract between the halves is [`view`]: the emulator publishes snapshots, the
 //! fabric applies them.
 
+pub mod admin;
+pub mod ec2;
 pub mod fabric;
+pub mod faults;
+pub mod imds;
+pub mod model;
+pub mod server;
+pub mod types;
 pub mod view;
+
+pub use model::{ApiError, InstanceInfo};
+pub use server::{ActionCounters, LoopbackEndpoints, Sim, SimConfig};

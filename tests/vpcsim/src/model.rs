@@ -816,6 +816,7 @@ impl Model {
             )
         })?;
         let az = self.subnet(subnet_id)?.az.clone();
+        let subnet_cidr = self.subnet(subnet_id)?.cidr;
         let eni_id = self.create_eni(CreateEni {
             subnet_id: subnet_id.to_string(),
             description: Some("Primary network interface".into()),
@@ -845,7 +846,7 @@ impl Model {
             primary_ip: eni.primary_ip,
             mac: eni.mac,
             subnet_id: subnet_id.to_string(),
-            subnet_cidr: self.subnet(subnet_id)?.cidr,
+            subnet_cidr,
             az: az.clone(),
             security_group_ids: eni.groups.clone(),
         };

@@ -1,9 +1,9 @@
 //! Instance-type limits as the emulator needs them.
 //!
 //! The project's single instance-type table lives in the `awscni-limits` crate (the same data
-//! `max-pods` uses). Until that crate exposes its table, a handful of types is built in here so
-//! the emulator and its tests can run; [`lookup`] and [`all`] are the only entry points, so
-//! switching the source does not touch the rest of the emulator.
+//! `max-pods` uses, generated from AWS's `DescribeInstanceTypes` data). [`lookup`] and [`all`]
+//! convert from it; a handful of built-in types is kept only as a fallback should that table
+//! ever fail to load (it logs nothing and never panics), so the emulator keeps working.
 
 /// Limits of one network card of an instance type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,14 +95,42 @@ fn from_row(r: &Row) -> TypeLimits {
     }
 }
 
+fn from_limits(t: &awscni_limits::InstanceType) -> TypeLimits {
+    TypeLimits {
+        name: t.name.clone(),
+        hypervisor: t.hypervisor.map(|h| h.as_str().to_string()),
+        bare_metal: t.bare_metal,
+        default_vcpus: t.default_vcpus,
+        max_enis: t.max_enis,
+        ipv4_per_eni: t.ipv4_per_eni,
+        ipv6_per_eni: t.ipv6_per_eni,
+        default_network_card_index: t.default_network_card_index,
+        network_cards: t
+            .network_cards
+            .iter()
+            .map(|c| CardLimits {
+                index: c.index,
+                max_enis: c.max_enis,
+            })
+            .collect(),
+    }
+}
+
 /// Limits of one instance type, `None` if unknown.
 pub fn lookup(name: &str) -> Option<TypeLimits> {
-    BUILTIN.iter().find(|r| r.0 == name).map(from_row)
+    if awscni_limits::all().is_empty() {
+        return BUILTIN.iter().find(|r| r.0 == name).map(from_row);
+    }
+    awscni_limits::lookup(name).map(from_limits)
 }
 
 /// Every known instance type, sorted by name (the order `DescribeInstanceTypes` pages in).
 pub fn all() -> Vec<TypeLimits> {
-    let mut v: Vec<TypeLimits> = BUILTIN.iter().map(from_row).collect();
+    let mut v: Vec<TypeLimits> = if awscni_limits::all().is_empty() {
+        BUILTIN.iter().map(from_row).collect()
+    } else {
+        awscni_limits::all().iter().map(from_limits).collect()
+    };
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
 }
