@@ -163,7 +163,10 @@ pub fn validate_ifname(name: &str) -> Result<(), PluginError> {
     if name == "." || name == ".." {
         return bad("must not be '.' or '..'");
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return bad("must not contain '/', ':' or whitespace");
     }
     Ok(())

@@ -134,7 +134,10 @@ mod tests {
 
     #[test]
     fn codes_follow_the_spec_table() {
-        assert_eq!(PluginError::IncompatibleVersion(String::new()).cni_code(), 1);
+        assert_eq!(
+            PluginError::IncompatibleVersion(String::new()).cni_code(),
+            1
+        );
         assert_eq!(PluginError::InvalidEnv(String::new()).cni_code(), 4);
         assert_eq!(PluginError::Decode(String::new()).cni_code(), 6);
         assert_eq!(PluginError::Config(String::new()).cni_code(), 7);

@@ -254,7 +254,9 @@ impl CniResult {
         }
         out.insert(
             "dns".into(),
-            self.dns.clone().unwrap_or_else(|| Value::Object(Map::new())),
+            self.dns
+                .clone()
+                .unwrap_or_else(|| Value::Object(Map::new())),
         );
         Value::Object(out)
     }

@@ -67,10 +67,18 @@ pub struct Allocation {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocMetadata {
     /// Pod namespace; omitted when empty.
-    #[serde(rename = "k8sPodNamespace", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "k8sPodNamespace",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub k8s_pod_namespace: String,
     /// Pod name; omitted when empty.
-    #[serde(rename = "k8sPodName", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "k8sPodName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub k8s_pod_name: String,
     /// Interfaces of the pod; omitted when 0.
     #[serde(rename = "interfacesCount", default, skip_serializing_if = "is_zero")]
@@ -182,10 +190,11 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("read", path)(e)),
     };
-    let cp: Checkpoint = serde_json::from_slice(&data).map_err(|source| CheckpointError::Parse {
-        path: path.to_owned(),
-        source,
-    })?;
+    let cp: Checkpoint =
+        serde_json::from_slice(&data).map_err(|source| CheckpointError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
     if cp.version != VERSION {
         return Err(CheckpointError::Version {
             path: path.to_owned(),
@@ -337,10 +346,19 @@ mod tests {
         let expected = UPSTREAM
             .trim_end()
             .replace(r#","someFutureField":true"#, "")
-            .replace(r#""allocationTimestamp":0}"#, r#""allocationTimestamp":0,"metadata":{}}"#);
+            .replace(
+                r#""allocationTimestamp":0}"#,
+                r#""allocationTimestamp":0,"metadata":{}}"#,
+            );
         assert_eq!(out, expected);
-        let empty = Checkpoint { version: VERSION.into(), allocations: vec![] };
-        assert_eq!(serde_json::to_string(&empty).unwrap(), r#"{"version":"vpc-cni-ipam/1","allocations":[]}"#);
+        let empty = Checkpoint {
+            version: VERSION.into(),
+            allocations: vec![],
+        };
+        assert_eq!(
+            serde_json::to_string(&empty).unwrap(),
+            r#"{"version":"vpc-cni-ipam/1","allocations":[]}"#
+        );
     }
 
     #[test]
@@ -351,7 +369,10 @@ mod tests {
         assert!(load_state(&sidecar_path(&p)).unwrap().is_none());
         fs::write(&p, r#"{"version":"vpc-cni-ipam/2","allocations":[]}"#).unwrap();
         let e = load(&p).unwrap_err().to_string();
-        assert!(e.contains("vpc-cni-ipam/2") && e.contains("ipam.json"), "{e}");
+        assert!(
+            e.contains("vpc-cni-ipam/2") && e.contains("ipam.json"),
+            "{e}"
+        );
         fs::write(&p, "{not json").unwrap();
         assert!(matches!(load(&p), Err(CheckpointError::Parse { .. })));
         fs::write(&p, r#"{"version":"vpc-cni-ipam/1","allocations":null}"#).unwrap();
@@ -368,10 +389,16 @@ mod tests {
         let raw = fs::read_to_string(&p).unwrap();
         assert!(raw.ends_with("}\n") && raw.lines().count() == 1, "{raw}");
         assert_eq!(load(&p).unwrap().unwrap(), cp);
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let st = State {
             version: STATE_VERSION.into(),
-            cooldown: vec![CooldownEntry { ipv4: "10.0.70.14".into(), released_at: 42 }],
+            cooldown: vec![CooldownEntry {
+                ipv4: "10.0.70.14".into(),
+                released_at: 42,
+            }],
             detaching_enis: vec!["eni-1".into()],
         };
         save_state(&sidecar_path(&p), &st).unwrap();
@@ -391,13 +418,29 @@ mod tests {
     fn write_failure_names_path_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("missing-dir").join("ipam.json");
-        let e = save(&p, &Checkpoint { version: VERSION.into(), allocations: vec![] }).unwrap_err();
+        let e = save(
+            &p,
+            &Checkpoint {
+                version: VERSION.into(),
+                allocations: vec![],
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("missing-dir"), "{e}");
         // A directory in place of the target: rename fails, temp file is cleaned up.
         let p = dir.path().join("ipam.json");
         fs::create_dir(&p).unwrap();
         fs::write(p.join("x"), "x").unwrap();
-        assert!(save(&p, &Checkpoint { version: VERSION.into(), allocations: vec![] }).is_err());
+        assert!(
+            save(
+                &p,
+                &Checkpoint {
+                    version: VERSION.into(),
+                    allocations: vec![]
+                }
+            )
+            .is_err()
+        );
         let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
     }
@@ -422,18 +465,32 @@ mod tests {
             now,
         );
         for i in 11..=14 {
-            ds.add_cidr("eni-1", format!("10.0.70.{i}/32").parse().unwrap()).unwrap();
+            ds.add_cidr("eni-1", format!("10.0.70.{i}/32").parse().unwrap())
+                .unwrap();
         }
-        let links = ["eth0", "eni0761ccbeace", &format!("eni{}", veth_hash("shop", "cart-7d4b9-xkq2p"))];
+        let links = [
+            "eth0",
+            "eni0761ccbeace",
+            &format!("eni{}", veth_hash("shop", "cart-7d4b9-xkq2p")),
+        ];
         let r = ds
-            .restore(&cp, None, &|m: &PodMeta| pod_has_veth(&m.namespace, &m.name, &links), now)
+            .restore(
+                &cp,
+                None,
+                &|m: &PodMeta| pod_has_veth(&m.namespace, &m.name, &links),
+                now,
+            )
             .unwrap();
         assert_eq!(r.restored.len(), 3);
-        let a = ds.lookup(&IpamKey::new("aws-cni", "8c1f0e4b6d2a", "eth0")).unwrap();
+        let a = ds
+            .lookup(&IpamKey::new("aws-cni", "8c1f0e4b6d2a", "eth0"))
+            .unwrap();
         assert_eq!(a.addr, Ipv4Addr::new(10, 0, 70, 11));
         assert_eq!(a.route_table, 2);
         // DEL through the new key finds the migrated allocation via the legacy fallback.
-        let rel = ds.release(&IpamKey::new("aws-cni", "0ld", "eth0"), now).unwrap();
+        let rel = ds
+            .release(&IpamKey::new("aws-cni", "0ld", "eth0"), now)
+            .unwrap();
         assert_eq!(rel.assignment.addr, Ipv4Addr::new(10, 0, 70, 12));
         // Round trip: what we write back has the same allocations minus the released one.
         let back = ds.checkpoint();
@@ -444,9 +501,17 @@ mod tests {
         let mut ds2 = Datastore::new(false, Duration::from_secs(30));
         ds2.add_eni(ds.eni("eni-1").unwrap().clone(), now);
         for i in 11..=14 {
-            ds2.add_cidr("eni-1", format!("10.0.70.{i}/32").parse().unwrap()).unwrap();
+            ds2.add_cidr("eni-1", format!("10.0.70.{i}/32").parse().unwrap())
+                .unwrap();
         }
-        let r = ds2.restore(&cp, None, &|m: &PodMeta| pod_has_veth(&m.namespace, &m.name, &["eth0"]), now).unwrap();
+        let r = ds2
+            .restore(
+                &cp,
+                None,
+                &|m: &PodMeta| pod_has_veth(&m.namespace, &m.name, &["eth0"]),
+                now,
+            )
+            .unwrap();
         assert_eq!(r.dropped_pod_gone.len(), 1);
         assert_eq!(r.restored.len(), 2);
     }
@@ -454,7 +519,10 @@ mod tests {
     #[test]
     fn veth_hash_matches_datapath_examples() {
         assert_eq!(veth_hash("default", "web-1"), "0761ccbeace");
-        assert_eq!(veth_hash("kube-system", "coredns-5d78c9869d-abcde"), "4d5f75c480c");
+        assert_eq!(
+            veth_hash("kube-system", "coredns-5d78c9869d-abcde"),
+            "4d5f75c480c"
+        );
         assert!(pod_has_veth("default", "web-1", &["lo", "eni0761ccbeace"]));
         assert!(!pod_has_veth("default", "web-2", &["lo", "eni0761ccbeace"]));
     }

@@ -458,7 +458,9 @@ impl Reader<'_> {
         for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match item.parse::<IpNet>() {
                 Ok(IpNet::V4(n)) => out.push(n),
-                Ok(IpNet::V6(_)) => self.warn(var, item, "IPv6 entry skipped (IPv4 only, as upstream)"),
+                Ok(IpNet::V6(_)) => {
+                    self.warn(var, item, "IPv6 entry skipped (IPv4 only, as upstream)")
+                }
                 Err(_) => self.error(var, item, "not a CIDR (expected a.b.c.d/len)"),
             }
         }
@@ -467,7 +469,9 @@ impl Reader<'_> {
 
     fn url(&mut self, var: &'static str) -> Option<String> {
         let v = self.raw(var)?;
-        let rest = v.strip_prefix("http://").or_else(|| v.strip_prefix("https://"));
+        let rest = v
+            .strip_prefix("http://")
+            .or_else(|| v.strip_prefix("https://"));
         if rest.is_some_and(|r| !r.is_empty()) {
             Some(v)
         } else {
@@ -555,7 +559,11 @@ impl Config {
         let max_eni = match r.int("MAX_ENI") {
             None => None,
             Some((v, n)) if n < 1 => {
-                r.warn("MAX_ENI", &v, "below 1; ignored like upstream (instance limit used)");
+                r.warn(
+                    "MAX_ENI",
+                    &v,
+                    "below 1; ignored like upstream (instance limit used)",
+                );
                 None
             }
             Some((v, n)) => match u32::try_from(n) {
@@ -604,11 +612,16 @@ impl Config {
                 format!("exactly one of ENABLE_IPv4 and ENABLE_IPv6 must be true (ENABLE_IPv6={enable_ipv6})"),
             );
         } else if enable_ipv6 {
-            r.error("ENABLE_IPv6", "true", "IPv6 mode is not supported by this release");
+            r.error(
+                "ENABLE_IPv6",
+                "true",
+                "IPv6 mode is not supported by this release",
+            );
         }
 
         let custom_network_cfg = r.bool("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", false);
-        let eni_config_annotation_def = r.string("ENI_CONFIG_ANNOTATION_DEF", DEFAULT_ENI_CONFIG_KEY);
+        let eni_config_annotation_def =
+            r.string("ENI_CONFIG_ANNOTATION_DEF", DEFAULT_ENI_CONFIG_KEY);
         let eni_config_label_def = r.string("ENI_CONFIG_LABEL_DEF", DEFAULT_ENI_CONFIG_KEY);
         let manage_enis_non_schedulable = r.bool("AWS_MANAGE_ENIS_NON_SCHEDULABLE", false);
         let enable_subnet_discovery = r.bool("ENABLE_SUBNET_DISCOVERY", true);
@@ -629,7 +642,11 @@ impl Config {
                 "standard" => NetworkPolicyMode::Standard,
                 _ => {
                     // Upstream fails start-up here too.
-                    r.error("NETWORK_POLICY_ENFORCING_MODE", &v, "must be none, strict or standard");
+                    r.error(
+                        "NETWORK_POLICY_ENFORCING_MODE",
+                        &v,
+                        "must be none, strict or standard",
+                    );
                     NetworkPolicyMode::Unset
                 }
             },
@@ -680,7 +697,11 @@ impl Config {
         let http_timeout = match r.int("HTTP_TIMEOUT") {
             None => d.http_timeout,
             Some((v, n)) if n < 10 => {
-                r.warn("HTTP_TIMEOUT", &v, "below 10 seconds; using 10 like upstream");
+                r.warn(
+                    "HTTP_TIMEOUT",
+                    &v,
+                    "below 10 seconds; using 10 like upstream",
+                );
                 d.http_timeout
             }
             Some((_, n)) => Duration::from_secs(n.unsigned_abs()),
@@ -689,11 +710,17 @@ impl Config {
         let cluster_endpoint = r.url("CLUSTER_ENDPOINT");
         let disable_metrics = r.bool("DISABLE_METRICS", false);
         let disable_introspection = r.bool("DISABLE_INTROSPECTION", false);
-        let introspection_bind_address =
-            r.string("INTROSPECTION_BIND_ADDRESS", DEFAULT_INTROSPECTION_BIND_ADDRESS);
+        let introspection_bind_address = r.string(
+            "INTROSPECTION_BIND_ADDRESS",
+            DEFAULT_INTROSPECTION_BIND_ADDRESS,
+        );
         if !valid_bind_address(&introspection_bind_address) {
             let v = introspection_bind_address.clone();
-            r.error("INTROSPECTION_BIND_ADDRESS", &v, "expected host:port or unix:/path");
+            r.error(
+                "INTROSPECTION_BIND_ADDRESS",
+                &v,
+                "expected host:port or unix:/path",
+            );
         }
         let log_level = match r.raw("AWS_VPC_K8S_CNI_LOGLEVEL") {
             None => LogLevel::Debug,
@@ -704,7 +731,11 @@ impl Config {
                 "error" => LogLevel::Error,
                 "fatal" => LogLevel::Fatal,
                 _ => {
-                    r.warn("AWS_VPC_K8S_CNI_LOGLEVEL", &v, "unknown level; using debug like upstream");
+                    r.warn(
+                        "AWS_VPC_K8S_CNI_LOGLEVEL",
+                        &v,
+                        "unknown level; using debug like upstream",
+                    );
                     LogLevel::Debug
                 }
             },
@@ -722,7 +753,11 @@ impl Config {
                 "hashrandom" => RandomizeSnat::HashRandom,
                 "none" => RandomizeSnat::None,
                 _ => {
-                    r.warn("AWS_VPC_K8S_CNI_RANDOMIZESNAT", &v, "unknown mode; using prng like upstream");
+                    r.warn(
+                        "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
+                        &v,
+                        "unknown mode; using prng like upstream",
+                    );
                     RandomizeSnat::Prng
                 }
             },
@@ -731,7 +766,9 @@ impl Config {
         let connmark = match r.raw("AWS_VPC_K8S_CNI_CONNMARK") {
             None => DEFAULT_CONNMARK,
             Some(v) => match parse_c_int(&v) {
-                Some(n) if n > 0 && n < (1u64 << 32) => u32::try_from(n).unwrap_or(DEFAULT_CONNMARK),
+                Some(n) if n > 0 && n < (1u64 << 32) => {
+                    u32::try_from(n).unwrap_or(DEFAULT_CONNMARK)
+                }
                 _ => {
                     r.warn(
                         "AWS_VPC_K8S_CNI_CONNMARK",
@@ -753,7 +790,11 @@ impl Config {
         };
         let veth_prefix = r.string("AWS_VPC_K8S_CNI_VETHPREFIX", "eni");
         if veth_prefix.chars().count() > 4 {
-            r.error("AWS_VPC_K8S_CNI_VETHPREFIX", &veth_prefix.clone(), "at most 4 characters");
+            r.error(
+                "AWS_VPC_K8S_CNI_VETHPREFIX",
+                &veth_prefix.clone(),
+                "at most 4 characters",
+            );
         } else if matches!(veth_prefix.as_str(), "eth" | "lo" | "vlan") {
             r.error(
                 "AWS_VPC_K8S_CNI_VETHPREFIX",
@@ -763,7 +804,11 @@ impl Config {
         }
         for deprecated in ["AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "ENABLE_NFTABLES"] {
             if let Some(v) = r.raw(deprecated) {
-                r.warn(deprecated, &v, "deprecated and not read by upstream either; ignored");
+                r.warn(
+                    deprecated,
+                    &v,
+                    "deprecated and not read by upstream either; ignored",
+                );
             }
         }
         for later in ["ENABLE_POD_ENI", "ENABLE_MULTI_NIC", "ENABLE_V6_EGRESS"] {
@@ -779,7 +824,11 @@ impl Config {
             None => d.add_wait,
             Some((_, n)) if (0..=60_000).contains(&n) => Duration::from_millis(n.unsigned_abs()),
             Some((v, _)) => {
-                r.error("AWS_VPC_CNI_ADD_WAIT_MS", &v, "must be between 0 and 60000 milliseconds");
+                r.error(
+                    "AWS_VPC_CNI_ADD_WAIT_MS",
+                    &v,
+                    "must be between 0 and 60000 milliseconds",
+                );
                 d.add_wait
             }
         };
@@ -816,7 +865,11 @@ impl Config {
             None => d.reconcile_interval,
             Some((_, n)) if (1..=3600).contains(&n) => Duration::from_secs(n.unsigned_abs()),
             Some((v, _)) => {
-                r.error("AWS_VPC_CNI_RECONCILE_SECONDS", &v, "must be between 1 and 3600");
+                r.error(
+                    "AWS_VPC_CNI_RECONCILE_SECONDS",
+                    &v,
+                    "must be between 1 and 3600",
+                );
                 d.reconcile_interval
             }
         };
@@ -881,7 +934,10 @@ impl Config {
 }
 
 fn join_cidrs(v: &[Ipv4Net]) -> String {
-    v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn opt(v: &Option<String>) -> &str {
@@ -898,22 +954,48 @@ impl fmt::Display for Config {
             ("WARM_IP_TARGET", p.warm_ip.to_string()),
             ("MINIMUM_IP_TARGET", p.minimum_ip.to_string()),
             ("WARM_PREFIX_TARGET", p.warm_prefix.to_string()),
-            ("MAX_ENI", p.max_eni.map(|m| m.to_string()).unwrap_or_else(|| "instance limit".into())),
+            (
+                "MAX_ENI",
+                p.max_eni
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "instance limit".into()),
+            ),
             ("ENABLE_PREFIX_DELEGATION", p.prefix_delegation.to_string()),
             ("ENABLE_IPv4", self.enable_ipv4.to_string()),
             ("ENABLE_IPv6", self.enable_ipv6.to_string()),
-            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", self.custom_network_cfg.to_string()),
-            ("ENI_CONFIG_ANNOTATION_DEF", self.eni_config_annotation_def.clone()),
+            (
+                "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
+                self.custom_network_cfg.to_string(),
+            ),
+            (
+                "ENI_CONFIG_ANNOTATION_DEF",
+                self.eni_config_annotation_def.clone(),
+            ),
             ("ENI_CONFIG_LABEL_DEF", self.eni_config_label_def.clone()),
-            ("AWS_MANAGE_ENIS_NON_SCHEDULABLE", self.manage_enis_non_schedulable.to_string()),
-            ("ENABLE_SUBNET_DISCOVERY", self.enable_subnet_discovery.to_string()),
+            (
+                "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
+                self.manage_enis_non_schedulable.to_string(),
+            ),
+            (
+                "ENABLE_SUBNET_DISCOVERY",
+                self.enable_subnet_discovery.to_string(),
+            ),
             (
                 "DISABLE_NETWORK_RESOURCE_PROVISIONING",
                 self.disable_network_resource_provisioning.to_string(),
             ),
-            ("DISABLE_LEAKED_ENI_CLEANUP", self.disable_leaked_eni_cleanup.to_string()),
-            ("ENABLE_IMDS_ONLY_MODE", self.enable_imds_only_mode.to_string()),
-            ("AWS_VPC_K8S_CNI_BACKING_STORE", self.backing_store.display().to_string()),
+            (
+                "DISABLE_LEAKED_ENI_CLEANUP",
+                self.disable_leaked_eni_cleanup.to_string(),
+            ),
+            (
+                "ENABLE_IMDS_ONLY_MODE",
+                self.enable_imds_only_mode.to_string(),
+            ),
+            (
+                "AWS_VPC_K8S_CNI_BACKING_STORE",
+                self.backing_store.display().to_string(),
+            ),
             ("MANAGE_UNTAGGED_ENI", self.manage_untagged_eni.to_string()),
             ("ANNOTATE_POD_IP", self.annotate_pod_ip.to_string()),
             (
@@ -930,26 +1012,68 @@ impl fmt::Display for Config {
             ("AWS_EC2_ENDPOINT", opt(&self.ec2_endpoint).to_owned()),
             ("CLUSTER_ENDPOINT", opt(&self.cluster_endpoint).to_owned()),
             ("DISABLE_METRICS", self.disable_metrics.to_string()),
-            ("DISABLE_INTROSPECTION", self.disable_introspection.to_string()),
-            ("INTROSPECTION_BIND_ADDRESS", self.introspection_bind_address.clone()),
-            ("AWS_VPC_K8S_CNI_LOGLEVEL", self.log_level.as_str().to_owned()),
+            (
+                "DISABLE_INTROSPECTION",
+                self.disable_introspection.to_string(),
+            ),
+            (
+                "INTROSPECTION_BIND_ADDRESS",
+                self.introspection_bind_address.clone(),
+            ),
+            (
+                "AWS_VPC_K8S_CNI_LOGLEVEL",
+                self.log_level.as_str().to_owned(),
+            ),
             ("AWS_VPC_K8S_CNI_LOG_FILE", self.log_file.clone()),
-            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", self.external_snat.to_string()),
-            ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", join_cidrs(&self.exclude_snat_cidrs)),
-            ("AWS_EXTERNAL_SERVICE_CIDRS", join_cidrs(&self.external_service_cidrs)),
-            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", self.randomize_snat.as_str().to_owned()),
-            ("AWS_VPC_CNI_NODE_PORT_SUPPORT", self.node_port_support.to_string()),
+            (
+                "AWS_VPC_K8S_CNI_EXTERNALSNAT",
+                self.external_snat.to_string(),
+            ),
+            (
+                "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+                join_cidrs(&self.exclude_snat_cidrs),
+            ),
+            (
+                "AWS_EXTERNAL_SERVICE_CIDRS",
+                join_cidrs(&self.external_service_cidrs),
+            ),
+            (
+                "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
+                self.randomize_snat.as_str().to_owned(),
+            ),
+            (
+                "AWS_VPC_CNI_NODE_PORT_SUPPORT",
+                self.node_port_support.to_string(),
+            ),
             ("AWS_VPC_K8S_CNI_CONNMARK", format!("{:#x}", self.connmark)),
             ("AWS_VPC_ENI_MTU", self.eni_mtu.to_string()),
             ("AWS_VPC_K8S_CNI_VETHPREFIX", self.veth_prefix.clone()),
-            ("AWS_VPC_CNI_IPAMD_SOCKET", self.ipamd_socket.display().to_string()),
-            ("AWS_VPC_CNI_LEGACY_TCP_LISTENER", self.legacy_tcp_listener.to_string()),
-            ("AWS_VPC_CNI_ADD_WAIT_MS", self.add_wait.as_millis().to_string()),
-            ("AWS_VPC_CNI_CLIENT_VERSIONS", self.client_version_allowlist.join(",")),
+            (
+                "AWS_VPC_CNI_IPAMD_SOCKET",
+                self.ipamd_socket.display().to_string(),
+            ),
+            (
+                "AWS_VPC_CNI_LEGACY_TCP_LISTENER",
+                self.legacy_tcp_listener.to_string(),
+            ),
+            (
+                "AWS_VPC_CNI_ADD_WAIT_MS",
+                self.add_wait.as_millis().to_string(),
+            ),
+            (
+                "AWS_VPC_CNI_CLIENT_VERSIONS",
+                self.client_version_allowlist.join(","),
+            ),
             ("AWS_VPC_CNI_EC2_QPS", self.ec2_qps.to_string()),
             ("AWS_VPC_CNI_EC2_BURST", self.ec2_burst.to_string()),
-            ("AWS_VPC_CNI_MAX_PODS_FILE", self.max_pods_file.display().to_string()),
-            ("AWS_VPC_CNI_RECONCILE_SECONDS", self.reconcile_interval.as_secs().to_string()),
+            (
+                "AWS_VPC_CNI_MAX_PODS_FILE",
+                self.max_pods_file.display().to_string(),
+            ),
+            (
+                "AWS_VPC_CNI_RECONCILE_SECONDS",
+                self.reconcile_interval.as_secs().to_string(),
+            ),
         ];
         for (i, (k, v)) in lines.iter().enumerate() {
             if i > 0 {
@@ -968,8 +1092,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<(Config, Vec<Warning>), ConfigError> {
-        let m: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(&move |k| m.get(k).cloned())
     }
 
@@ -1001,29 +1127,69 @@ mod tests {
         assert_eq!(c.pool.warm_eni, 1);
         assert!(c.enable_ipv4);
         assert_eq!(c.ip_cooldown, Duration::from_secs(30));
-        assert_eq!(c.backing_store, PathBuf::from("/var/run/aws-node/ipam.json"));
+        assert_eq!(
+            c.backing_store,
+            PathBuf::from("/var/run/aws-node/ipam.json")
+        );
     }
 
     #[test]
     fn empty_values_mean_unset() {
         let all = [
-            "WARM_ENI_TARGET", "WARM_IP_TARGET", "MINIMUM_IP_TARGET", "WARM_PREFIX_TARGET", "MAX_ENI",
-            "ENABLE_PREFIX_DELEGATION", "ENABLE_IPv4", "ENABLE_IPv6",
-            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "ENI_CONFIG_ANNOTATION_DEF", "ENI_CONFIG_LABEL_DEF",
-            "AWS_MANAGE_ENIS_NON_SCHEDULABLE", "ENABLE_SUBNET_DISCOVERY",
-            "DISABLE_NETWORK_RESOURCE_PROVISIONING", "DISABLE_LEAKED_ENI_CLEANUP",
-            "ENABLE_IMDS_ONLY_MODE", "AWS_VPC_K8S_CNI_BACKING_STORE", "MANAGE_UNTAGGED_ENI",
-            "ANNOTATE_POD_IP", "NETWORK_POLICY_ENFORCING_MODE", "IP_COOLDOWN_PERIOD", "MY_NODE_NAME",
-            "MY_POD_NAME", "CLUSTER_NAME", "ADDITIONAL_ENI_TAGS", "VPC_CNI_VERSION", "HTTP_TIMEOUT",
-            "AWS_EC2_ENDPOINT", "CLUSTER_ENDPOINT", "DISABLE_METRICS", "DISABLE_INTROSPECTION",
-            "INTROSPECTION_BIND_ADDRESS", "AWS_VPC_K8S_CNI_LOGLEVEL", "AWS_VPC_K8S_CNI_LOG_FILE",
-            "AWS_VPC_K8S_CNI_EXTERNALSNAT", "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
-            "AWS_EXTERNAL_SERVICE_CIDRS", "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
-            "AWS_VPC_CNI_NODE_PORT_SUPPORT", "AWS_VPC_K8S_CNI_CONNMARK", "AWS_VPC_ENI_MTU",
-            "AWS_VPC_K8S_CNI_VETHPREFIX", "AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "ENABLE_NFTABLES",
-            "ENABLE_POD_ENI", "ENABLE_MULTI_NIC", "ENABLE_V6_EGRESS", "AWS_VPC_CNI_IPAMD_SOCKET",
-            "AWS_VPC_CNI_LEGACY_TCP_LISTENER", "AWS_VPC_CNI_ADD_WAIT_MS", "AWS_VPC_CNI_CLIENT_VERSIONS",
-            "AWS_VPC_CNI_EC2_QPS", "AWS_VPC_CNI_EC2_BURST", "AWS_VPC_CNI_MAX_PODS_FILE",
+            "WARM_ENI_TARGET",
+            "WARM_IP_TARGET",
+            "MINIMUM_IP_TARGET",
+            "WARM_PREFIX_TARGET",
+            "MAX_ENI",
+            "ENABLE_PREFIX_DELEGATION",
+            "ENABLE_IPv4",
+            "ENABLE_IPv6",
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
+            "ENI_CONFIG_ANNOTATION_DEF",
+            "ENI_CONFIG_LABEL_DEF",
+            "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
+            "ENABLE_SUBNET_DISCOVERY",
+            "DISABLE_NETWORK_RESOURCE_PROVISIONING",
+            "DISABLE_LEAKED_ENI_CLEANUP",
+            "ENABLE_IMDS_ONLY_MODE",
+            "AWS_VPC_K8S_CNI_BACKING_STORE",
+            "MANAGE_UNTAGGED_ENI",
+            "ANNOTATE_POD_IP",
+            "NETWORK_POLICY_ENFORCING_MODE",
+            "IP_COOLDOWN_PERIOD",
+            "MY_NODE_NAME",
+            "MY_POD_NAME",
+            "CLUSTER_NAME",
+            "ADDITIONAL_ENI_TAGS",
+            "VPC_CNI_VERSION",
+            "HTTP_TIMEOUT",
+            "AWS_EC2_ENDPOINT",
+            "CLUSTER_ENDPOINT",
+            "DISABLE_METRICS",
+            "DISABLE_INTROSPECTION",
+            "INTROSPECTION_BIND_ADDRESS",
+            "AWS_VPC_K8S_CNI_LOGLEVEL",
+            "AWS_VPC_K8S_CNI_LOG_FILE",
+            "AWS_VPC_K8S_CNI_EXTERNALSNAT",
+            "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+            "AWS_EXTERNAL_SERVICE_CIDRS",
+            "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
+            "AWS_VPC_CNI_NODE_PORT_SUPPORT",
+            "AWS_VPC_K8S_CNI_CONNMARK",
+            "AWS_VPC_ENI_MTU",
+            "AWS_VPC_K8S_CNI_VETHPREFIX",
+            "AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER",
+            "ENABLE_NFTABLES",
+            "ENABLE_POD_ENI",
+            "ENABLE_MULTI_NIC",
+            "ENABLE_V6_EGRESS",
+            "AWS_VPC_CNI_IPAMD_SOCKET",
+            "AWS_VPC_CNI_LEGACY_TCP_LISTENER",
+            "AWS_VPC_CNI_ADD_WAIT_MS",
+            "AWS_VPC_CNI_CLIENT_VERSIONS",
+            "AWS_VPC_CNI_EC2_QPS",
+            "AWS_VPC_CNI_EC2_BURST",
+            "AWS_VPC_CNI_MAX_PODS_FILE",
             "AWS_VPC_CNI_RECONCILE_SECONDS",
         ];
         let vars: Vec<(&str, &str)> = all.iter().map(|k| (*k, "")).collect();
@@ -1035,11 +1201,17 @@ mod tests {
         for k in all.iter().filter(|k| {
             !matches!(
                 **k,
-                "AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER" | "ENABLE_NFTABLES" | "ENABLE_POD_ENI"
-                    | "ENABLE_MULTI_NIC" | "ENABLE_V6_EGRESS"
+                "AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER"
+                    | "ENABLE_NFTABLES"
+                    | "ENABLE_POD_ENI"
+                    | "ENABLE_MULTI_NIC"
+                    | "ENABLE_V6_EGRESS"
             )
         }) {
-            assert!(shown.lines().any(|l| l.starts_with(&format!("{k}="))), "{k} missing");
+            assert!(
+                shown.lines().any(|l| l.starts_with(&format!("{k}="))),
+                "{k} missing"
+            );
         }
         assert_eq!(shown.lines().count(), all.len() - 5);
     }
@@ -1067,9 +1239,18 @@ mod tests {
                 _ => c.pool.warm_prefix,
             };
             assert_eq!(got, want, "{var}={value}");
-            assert_eq!(w.iter().any(|p| p.var == var), warned, "{var}={value}: {w:?}");
+            assert_eq!(
+                w.iter().any(|p| p.var == var),
+                warned,
+                "{var}={value}: {w:?}"
+            );
         }
-        for var in ["WARM_ENI_TARGET", "WARM_IP_TARGET", "MINIMUM_IP_TARGET", "WARM_PREFIX_TARGET"] {
+        for var in [
+            "WARM_ENI_TARGET",
+            "WARM_IP_TARGET",
+            "MINIMUM_IP_TARGET",
+            "WARM_PREFIX_TARGET",
+        ] {
             err(&[(var, "two")], var, "two");
             err(&[(var, "1.5")], var, "1.5");
             err(&[(var, "99999999999")], var, "99999999999");
@@ -1089,11 +1270,18 @@ mod tests {
     #[test]
     fn booleans_every_variable() {
         let vars = [
-            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
-            "ENABLE_SUBNET_DISCOVERY", "DISABLE_NETWORK_RESOURCE_PROVISIONING",
-            "DISABLE_LEAKED_ENI_CLEANUP", "ENABLE_IMDS_ONLY_MODE", "MANAGE_UNTAGGED_ENI",
-            "ANNOTATE_POD_IP", "DISABLE_METRICS", "DISABLE_INTROSPECTION",
-            "AWS_VPC_K8S_CNI_EXTERNALSNAT", "AWS_VPC_CNI_NODE_PORT_SUPPORT",
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
+            "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
+            "ENABLE_SUBNET_DISCOVERY",
+            "DISABLE_NETWORK_RESOURCE_PROVISIONING",
+            "DISABLE_LEAKED_ENI_CLEANUP",
+            "ENABLE_IMDS_ONLY_MODE",
+            "MANAGE_UNTAGGED_ENI",
+            "ANNOTATE_POD_IP",
+            "DISABLE_METRICS",
+            "DISABLE_INTROSPECTION",
+            "AWS_VPC_K8S_CNI_EXTERNALSNAT",
+            "AWS_VPC_CNI_NODE_PORT_SUPPORT",
             "AWS_VPC_CNI_LEGACY_TCP_LISTENER",
         ];
         let get = |c: &Config, v: &str| -> bool {
@@ -1126,7 +1314,11 @@ mod tests {
             }
         }
         // Also the family and PD switches.
-        err(&[("ENABLE_PREFIX_DELEGATION", "on")], "ENABLE_PREFIX_DELEGATION", "on");
+        err(
+            &[("ENABLE_PREFIX_DELEGATION", "on")],
+            "ENABLE_PREFIX_DELEGATION",
+            "on",
+        );
         err(&[("ENABLE_IPv4", "y")], "ENABLE_IPv4", "y");
         err(&[("ENABLE_IPv6", "n")], "ENABLE_IPv6", "n");
     }
@@ -1143,9 +1335,16 @@ mod tests {
 
     #[test]
     fn prefix_delegation_needs_a_target() {
-        err(&[("ENABLE_PREFIX_DELEGATION", "true")], "ENABLE_PREFIX_DELEGATION", "true");
         err(
-            &[("ENABLE_PREFIX_DELEGATION", "true"), ("WARM_PREFIX_TARGET", "0")],
+            &[("ENABLE_PREFIX_DELEGATION", "true")],
+            "ENABLE_PREFIX_DELEGATION",
+            "true",
+        );
+        err(
+            &[
+                ("ENABLE_PREFIX_DELEGATION", "true"),
+                ("WARM_PREFIX_TARGET", "0"),
+            ],
             "ENABLE_PREFIX_DELEGATION",
             "true",
         );
@@ -1174,10 +1373,20 @@ mod tests {
 
     #[test]
     fn cooldown() {
-        assert_eq!(ok(&[("IP_COOLDOWN_PERIOD", "0")]).ip_cooldown, Duration::ZERO);
-        assert_eq!(ok(&[("IP_COOLDOWN_PERIOD", "90")]).ip_cooldown, Duration::from_secs(90));
+        assert_eq!(
+            ok(&[("IP_COOLDOWN_PERIOD", "0")]).ip_cooldown,
+            Duration::ZERO
+        );
+        assert_eq!(
+            ok(&[("IP_COOLDOWN_PERIOD", "90")]).ip_cooldown,
+            Duration::from_secs(90)
+        );
         err(&[("IP_COOLDOWN_PERIOD", "-1")], "IP_COOLDOWN_PERIOD", "-1");
-        err(&[("IP_COOLDOWN_PERIOD", "30s")], "IP_COOLDOWN_PERIOD", "30s");
+        err(
+            &[("IP_COOLDOWN_PERIOD", "30s")],
+            "IP_COOLDOWN_PERIOD",
+            "30s",
+        );
     }
 
     #[test]
@@ -1187,9 +1396,16 @@ mod tests {
             ("strict", NetworkPolicyMode::Strict),
             ("standard", NetworkPolicyMode::Standard),
         ] {
-            assert_eq!(ok(&[("NETWORK_POLICY_ENFORCING_MODE", v)]).network_policy_enforcing_mode, m);
+            assert_eq!(
+                ok(&[("NETWORK_POLICY_ENFORCING_MODE", v)]).network_policy_enforcing_mode,
+                m
+            );
         }
-        err(&[("NETWORK_POLICY_ENFORCING_MODE", "Strict")], "NETWORK_POLICY_ENFORCING_MODE", "Strict");
+        err(
+            &[("NETWORK_POLICY_ENFORCING_MODE", "Strict")],
+            "NETWORK_POLICY_ENFORCING_MODE",
+            "Strict",
+        );
     }
 
     #[test]
@@ -1216,20 +1432,35 @@ mod tests {
         assert_eq!(c.backing_store, PathBuf::from("/tmp/x/ipam.json"));
         assert_eq!(c.ipamd_socket, PathBuf::from("/tmp/x/ipamd.sock"));
         assert_eq!(c.max_pods_file, PathBuf::from("/tmp/x/max-pods"));
-        assert_eq!(c.state_file(), PathBuf::from("/tmp/x/ipam.json.awscni-state"));
-        for var in ["AWS_VPC_K8S_CNI_BACKING_STORE", "AWS_VPC_CNI_IPAMD_SOCKET", "AWS_VPC_CNI_MAX_PODS_FILE"] {
+        assert_eq!(
+            c.state_file(),
+            PathBuf::from("/tmp/x/ipam.json.awscni-state")
+        );
+        for var in [
+            "AWS_VPC_K8S_CNI_BACKING_STORE",
+            "AWS_VPC_CNI_IPAMD_SOCKET",
+            "AWS_VPC_CNI_MAX_PODS_FILE",
+        ] {
             err(&[(var, "relative/path")], var, "relative/path");
         }
     }
 
     #[test]
     fn additional_eni_tags() {
-        let (c, w) = load(&[("ADDITIONAL_ENI_TAGS", r#"{"team":"net","node.k8s.amazonaws.com/x":"y"}"#)]).unwrap();
+        let (c, w) = load(&[(
+            "ADDITIONAL_ENI_TAGS",
+            r#"{"team":"net","node.k8s.amazonaws.com/x":"y"}"#,
+        )])
+        .unwrap();
         assert_eq!(c.additional_eni_tags.len(), 1);
         assert_eq!(c.additional_eni_tags["team"], "net");
         assert_eq!(w.len(), 1);
         assert!(w[0].value.contains("k8s.amazonaws.com"));
-        assert!(ok(&[("ADDITIONAL_ENI_TAGS", "{}")]).additional_eni_tags.is_empty());
+        assert!(
+            ok(&[("ADDITIONAL_ENI_TAGS", "{}")])
+                .additional_eni_tags
+                .is_empty()
+        );
         let (c, w) = load(&[("ADDITIONAL_ENI_TAGS", "team=net")]).unwrap();
         assert!(c.additional_eni_tags.is_empty());
         assert_eq!(w[0].var, "ADDITIONAL_ENI_TAGS");
@@ -1238,7 +1469,10 @@ mod tests {
 
     #[test]
     fn http_timeout() {
-        assert_eq!(ok(&[("HTTP_TIMEOUT", "30")]).http_timeout, Duration::from_secs(30));
+        assert_eq!(
+            ok(&[("HTTP_TIMEOUT", "30")]).http_timeout,
+            Duration::from_secs(30)
+        );
         let (c, w) = load(&[("HTTP_TIMEOUT", "5")]).unwrap();
         assert_eq!(c.http_timeout, Duration::from_secs(10));
         assert_eq!(w[0].var, "HTTP_TIMEOUT");
@@ -1252,18 +1486,41 @@ mod tests {
             ("CLUSTER_ENDPOINT", "https://k8s.example:443"),
         ]);
         assert_eq!(c.ec2_endpoint.as_deref(), Some("http://127.0.0.1:4566"));
-        assert_eq!(c.cluster_endpoint.as_deref(), Some("https://k8s.example:443"));
-        err(&[("AWS_EC2_ENDPOINT", "ec2.local")], "AWS_EC2_ENDPOINT", "ec2.local");
-        err(&[("CLUSTER_ENDPOINT", "ftp://x")], "CLUSTER_ENDPOINT", "ftp://x");
+        assert_eq!(
+            c.cluster_endpoint.as_deref(),
+            Some("https://k8s.example:443")
+        );
+        err(
+            &[("AWS_EC2_ENDPOINT", "ec2.local")],
+            "AWS_EC2_ENDPOINT",
+            "ec2.local",
+        );
+        err(
+            &[("CLUSTER_ENDPOINT", "ftp://x")],
+            "CLUSTER_ENDPOINT",
+            "ftp://x",
+        );
     }
 
     #[test]
     fn introspection_bind_address() {
-        for v in ["127.0.0.1:61679", "unix:/run/x.sock", "localhost:1", "[::1]:61679"] {
-            assert_eq!(ok(&[("INTROSPECTION_BIND_ADDRESS", v)]).introspection_bind_address, v);
+        for v in [
+            "127.0.0.1:61679",
+            "unix:/run/x.sock",
+            "localhost:1",
+            "[::1]:61679",
+        ] {
+            assert_eq!(
+                ok(&[("INTROSPECTION_BIND_ADDRESS", v)]).introspection_bind_address,
+                v
+            );
         }
         for v in ["61679", "unix:", "host:port", "::1:80"] {
-            err(&[("INTROSPECTION_BIND_ADDRESS", v)], "INTROSPECTION_BIND_ADDRESS", v);
+            err(
+                &[("INTROSPECTION_BIND_ADDRESS", v)],
+                "INTROSPECTION_BIND_ADDRESS",
+                v,
+            );
         }
     }
 
@@ -1285,10 +1542,23 @@ mod tests {
 
     #[test]
     fn cidr_lists() {
-        for var in ["AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "AWS_EXTERNAL_SERVICE_CIDRS"] {
+        for var in [
+            "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+            "AWS_EXTERNAL_SERVICE_CIDRS",
+        ] {
             let (c, w) = load(&[(var, "10.1.0.0/16, 192.168.0.0/24,,fd00::/8")]).unwrap();
-            let got = if var.contains("EXCLUDE") { c.exclude_snat_cidrs } else { c.external_service_cidrs };
-            assert_eq!(got, vec!["10.1.0.0/16".parse::<Ipv4Net>().unwrap(), "192.168.0.0/24".parse().unwrap()]);
+            let got = if var.contains("EXCLUDE") {
+                c.exclude_snat_cidrs
+            } else {
+                c.external_service_cidrs
+            };
+            assert_eq!(
+                got,
+                vec![
+                    "10.1.0.0/16".parse::<Ipv4Net>().unwrap(),
+                    "192.168.0.0/24".parse().unwrap()
+                ]
+            );
             assert_eq!(w.len(), 1);
             assert_eq!(w[0].value, "fd00::/8");
             err(&[(var, "10.1.0.0/16,10.2.0.0")], var, "10.2.0.0");
@@ -1302,7 +1572,10 @@ mod tests {
             ("hashrandom", RandomizeSnat::HashRandom),
             ("none", RandomizeSnat::None),
         ] {
-            assert_eq!(ok(&[("AWS_VPC_K8S_CNI_RANDOMIZESNAT", v)]).randomize_snat, m);
+            assert_eq!(
+                ok(&[("AWS_VPC_K8S_CNI_RANDOMIZESNAT", v)]).randomize_snat,
+                m
+            );
         }
         let (c, w) = load(&[("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "fully")]).unwrap();
         assert_eq!(c.randomize_snat, RandomizeSnat::Prng);
@@ -1311,7 +1584,13 @@ mod tests {
 
     #[test]
     fn connmark() {
-        for (v, n) in [("128", 128), ("0x100", 0x100), ("0X10", 16), ("010", 8), ("4294967295", u32::MAX)] {
+        for (v, n) in [
+            ("128", 128),
+            ("0x100", 0x100),
+            ("0X10", 16),
+            ("010", 8),
+            ("4294967295", u32::MAX),
+        ] {
             assert_eq!(ok(&[("AWS_VPC_K8S_CNI_CONNMARK", v)]).connmark, n, "{v}");
         }
         for v in ["0", "4294967296", "-5", "0xZZ", "mark", "09"] {
@@ -1333,9 +1612,16 @@ mod tests {
 
     #[test]
     fn veth_prefix() {
-        assert_eq!(ok(&[("AWS_VPC_K8S_CNI_VETHPREFIX", "abcd")]).veth_prefix, "abcd");
+        assert_eq!(
+            ok(&[("AWS_VPC_K8S_CNI_VETHPREFIX", "abcd")]).veth_prefix,
+            "abcd"
+        );
         for v in ["abcde", "eth", "lo", "vlan"] {
-            err(&[("AWS_VPC_K8S_CNI_VETHPREFIX", v)], "AWS_VPC_K8S_CNI_VETHPREFIX", v);
+            err(
+                &[("AWS_VPC_K8S_CNI_VETHPREFIX", v)],
+                "AWS_VPC_K8S_CNI_VETHPREFIX",
+                v,
+            );
         }
     }
 
@@ -1351,7 +1637,12 @@ mod tests {
         let names: Vec<_> = w.iter().map(|p| p.var).collect();
         assert_eq!(
             names,
-            ["AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "ENABLE_NFTABLES", "ENABLE_POD_ENI", "ENABLE_MULTI_NIC"]
+            [
+                "AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER",
+                "ENABLE_NFTABLES",
+                "ENABLE_POD_ENI",
+                "ENABLE_MULTI_NIC"
+            ]
         );
         err(&[("ENABLE_POD_ENI", "maybe")], "ENABLE_POD_ENI", "maybe");
     }
@@ -1370,9 +1661,20 @@ mod tests {
         assert_eq!(c.ec2_qps, 2.5);
         assert_eq!(c.ec2_burst, 5);
         assert_eq!(c.reconcile_interval, Duration::from_secs(7));
-        assert_eq!(ok(&[("AWS_VPC_CNI_ADD_WAIT_MS", "0")]).add_wait, Duration::ZERO);
-        err(&[("AWS_VPC_CNI_ADD_WAIT_MS", "60001")], "AWS_VPC_CNI_ADD_WAIT_MS", "60001");
-        err(&[("AWS_VPC_CNI_ADD_WAIT_MS", "5s")], "AWS_VPC_CNI_ADD_WAIT_MS", "5s");
+        assert_eq!(
+            ok(&[("AWS_VPC_CNI_ADD_WAIT_MS", "0")]).add_wait,
+            Duration::ZERO
+        );
+        err(
+            &[("AWS_VPC_CNI_ADD_WAIT_MS", "60001")],
+            "AWS_VPC_CNI_ADD_WAIT_MS",
+            "60001",
+        );
+        err(
+            &[("AWS_VPC_CNI_ADD_WAIT_MS", "5s")],
+            "AWS_VPC_CNI_ADD_WAIT_MS",
+            "5s",
+        );
         for v in ["0", "-1", "NaN", "inf", "fast"] {
             err(&[("AWS_VPC_CNI_EC2_QPS", v)], "AWS_VPC_CNI_EC2_QPS", v);
         }
@@ -1380,7 +1682,11 @@ mod tests {
             err(&[("AWS_VPC_CNI_EC2_BURST", v)], "AWS_VPC_CNI_EC2_BURST", v);
         }
         for v in ["0", "3601", "x"] {
-            err(&[("AWS_VPC_CNI_RECONCILE_SECONDS", v)], "AWS_VPC_CNI_RECONCILE_SECONDS", v);
+            err(
+                &[("AWS_VPC_CNI_RECONCILE_SECONDS", v)],
+                "AWS_VPC_CNI_RECONCILE_SECONDS",
+                v,
+            );
         }
     }
 
@@ -1398,7 +1704,10 @@ mod tests {
         let c = ok(&[("WARM_IP_TARGET", "3"), ("AWS_VPC_K8S_CNI_CONNMARK", "256")]);
         let s = c.to_string();
         assert!(s.lines().any(|l| l == "WARM_IP_TARGET=3"), "{s}");
-        assert!(s.lines().any(|l| l == "AWS_VPC_K8S_CNI_CONNMARK=0x100"), "{s}");
+        assert!(
+            s.lines().any(|l| l == "AWS_VPC_K8S_CNI_CONNMARK=0x100"),
+            "{s}"
+        );
         assert!(s.lines().any(|l| l == "MAX_ENI=instance limit"), "{s}");
     }
 }

@@ -69,7 +69,11 @@ impl IpamKey {
 
 impl std::fmt::Display for IpamKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.network_name, self.container_id, self.if_name)
+        write!(
+            f,
+            "{}/{}/{}",
+            self.network_name, self.container_id, self.if_name
+        )
     }
 }
 
@@ -212,7 +216,9 @@ pub enum DsError {
     #[error("datastore: unknown pod")]
     UnknownPod,
     /// A key part is empty.
-    #[error("invalid IPAM key {0:?}: network name, container ID and interface name must be non-empty")]
+    #[error(
+        "invalid IPAM key {0:?}: network name, container ID and interface name must be non-empty"
+    )]
     InvalidKey(IpamKey),
     /// ENI not in the datastore.
     #[error("unknown ENI {0}")]
@@ -254,9 +260,9 @@ pub enum DsError {
         /// Address.
         addr: Ipv4Addr,
         /// First key.
-        first: IpamKey,
+        first: String,
         /// Second key.
-        second: IpamKey,
+        second: String,
     },
 }
 
@@ -634,12 +640,9 @@ impl Datastore {
     }
 
     fn locate(&self, addr: Ipv4Addr) -> Option<(&Eni, Ipv4Net)> {
-        self.enis.values().find_map(|e| {
-            e.cidrs
-                .keys()
-                .find(|n| n.contains(&addr))
-                .map(|n| (e, *n))
-        })
+        self.enis
+            .values()
+            .find_map(|e| e.cidrs.keys().find(|n| n.contains(&addr)).map(|n| (e, *n)))
     }
 
     /// State of one address (None when it is on no known CIDR).
@@ -754,10 +757,13 @@ impl Datastore {
             .enis
             .get_mut(&eni_id)
             .ok_or_else(|| DsError::UnknownEni(eni_id.clone()))?;
-        let cidr = eni.cidrs.get_mut(&net).ok_or_else(|| DsError::UnknownCidr {
-            eni: eni_id.clone(),
-            cidr: net,
-        })?;
+        let cidr = eni
+            .cidrs
+            .get_mut(&net)
+            .ok_or_else(|| DsError::UnknownCidr {
+                eni: eni_id.clone(),
+                cidr: net,
+            })?;
         cidr.entries.insert(
             addr,
             Entry {
@@ -791,7 +797,10 @@ impl Datastore {
         }
         self.by_key.remove(&a.key);
         if let Some(e) = self.enis.get_mut(&a.eni)
-            && let Some(c) = e.cidrs.values_mut().find(|c| c.entries.contains_key(&a.addr))
+            && let Some(c) = e
+                .cidrs
+                .values_mut()
+                .find(|c| c.entries.contains_key(&a.addr))
         {
             c.entries.remove(&a.addr);
         }
@@ -994,8 +1003,7 @@ impl Datastore {
                 report.dropped_unknown_addr.push(alloc.clone());
                 continue;
             };
-            let Some((eni_id, net)) = self.locate(addr).map(|(e, n)| (e.info.id.clone(), n))
-            else {
+            let Some((eni_id, net)) = self.locate(addr).map(|(e, n)| (e.info.id.clone(), n)) else {
                 report.dropped_unknown_addr.push(alloc.clone());
                 continue;
             };
@@ -1014,8 +1022,8 @@ impl Datastore {
             {
                 return Err(DsError::DuplicateAllocation {
                     addr,
-                    first: first.clone(),
-                    second: key,
+                    first: first.to_string(),
+                    second: key.to_string(),
                 });
             }
             if alive {
@@ -1136,10 +1144,12 @@ mod tests {
         ds.add_eni(eni("eni-a", 0), t(0));
         ds.add_eni(eni("eni-b", 1), t(0));
         for i in 10..13 {
-            ds.add_cidr("eni-a", format!("10.0.0.{i}/32").parse().unwrap()).unwrap();
+            ds.add_cidr("eni-a", format!("10.0.0.{i}/32").parse().unwrap())
+                .unwrap();
         }
         for i in 10..12 {
-            ds.add_cidr("eni-b", format!("10.0.1.{i}/32").parse().unwrap()).unwrap();
+            ds.add_cidr("eni-b", format!("10.0.1.{i}/32").parse().unwrap())
+                .unwrap();
         }
         ds
     }
@@ -1155,7 +1165,9 @@ mod tests {
         assert_eq!(a.eni, b.eni);
         assert_eq!(ds.stats(t(2)).assigned(), 1);
         // A different interface of the same container is a different key.
-        let c = ds.assign(&IpamKey::new("aws-cni", "c1", "eth1"), meta("p1"), t(3)).unwrap();
+        let c = ds
+            .assign(&IpamKey::new("aws-cni", "c1", "eth1"), meta("p1"), t(3))
+            .unwrap();
         assert_ne!(c.addr, a.addr);
     }
 
@@ -1167,7 +1179,10 @@ mod tests {
             IpamKey::new("n", "", "eth0"),
             IpamKey::new("n", "c", ""),
         ] {
-            assert!(matches!(ds.assign(&k, meta("p"), t(1)), Err(DsError::InvalidKey(_))));
+            assert!(matches!(
+                ds.assign(&k, meta("p"), t(1)),
+                Err(DsError::InvalidKey(_))
+            ));
         }
     }
 
@@ -1175,14 +1190,28 @@ mod tests {
     fn deterministic_packing_order() {
         // eni-b has fewer free addresses (2 < 3): it fills first, lowest address first; then
         // eni-a. The same sequence every time.
-        let expect = ["10.0.1.10", "10.0.1.11", "10.0.0.10", "10.0.0.11", "10.0.0.12"];
+        let expect = [
+            "10.0.1.10",
+            "10.0.1.11",
+            "10.0.0.10",
+            "10.0.0.11",
+            "10.0.0.12",
+        ];
         for _ in 0..3 {
             let mut ds = sip();
             let got: Vec<String> = (0..5)
-                .map(|i| ds.assign(&key(&format!("c{i}")), meta("p"), t(1)).unwrap().addr.to_string())
+                .map(|i| {
+                    ds.assign(&key(&format!("c{i}")), meta("p"), t(1))
+                        .unwrap()
+                        .addr
+                        .to_string()
+                })
                 .collect();
             assert_eq!(got, expect);
-            assert_eq!(ds.assign(&key("c9"), meta("p"), t(1)), Err(DsError::NoAvailableAddress));
+            assert_eq!(
+                ds.assign(&key("c9"), meta("p"), t(1)),
+                Err(DsError::NoAvailableAddress)
+            );
         }
     }
 
@@ -1191,30 +1220,52 @@ mod tests {
         let mut ds = Datastore::new(false, Duration::ZERO);
         ds.add_eni(eni("eni-z", 0), t(0));
         ds.add_eni(eni("eni-a", 2), t(0));
-        ds.add_cidr("eni-z", "10.0.0.20/32".parse().unwrap()).unwrap();
-        ds.add_cidr("eni-a", "10.0.2.20/32".parse().unwrap()).unwrap();
+        ds.add_cidr("eni-z", "10.0.0.20/32".parse().unwrap())
+            .unwrap();
+        ds.add_cidr("eni-a", "10.0.2.20/32".parse().unwrap())
+            .unwrap();
         let a = ds.assign(&key("c"), meta("p"), t(1)).unwrap();
         assert_eq!(a.eni, "eni-z");
         assert_eq!(a.route_table, MAIN_ROUTE_TABLE);
         let b = ds.assign(&key("d"), meta("p"), t(1)).unwrap();
-        assert_eq!((b.eni.as_str(), b.device_number, b.route_table), ("eni-a", 2, 3));
+        assert_eq!(
+            (b.eni.as_str(), b.device_number, b.route_table),
+            ("eni-a", 2, 3)
+        );
     }
 
     #[test]
     fn prefix_mode_packs_partial_prefix_first_and_uses_all_16() {
         let mut ds = Datastore::new(true, Duration::ZERO);
         ds.add_eni(eni("eni-a", 0), t(0));
-        ds.add_cidr("eni-a", "10.0.0.32/28".parse().unwrap()).unwrap();
-        ds.add_cidr("eni-a", "10.0.0.16/28".parse().unwrap()).unwrap();
+        ds.add_cidr("eni-a", "10.0.0.32/28".parse().unwrap())
+            .unwrap();
+        ds.add_cidr("eni-a", "10.0.0.16/28".parse().unwrap())
+            .unwrap();
         let first = ds.assign(&key("c0"), meta("p"), t(1)).unwrap();
         assert_eq!(first.addr, Ipv4Addr::new(10, 0, 0, 16)); // network address is usable
         for i in 1..16 {
             let a = ds.assign(&key(&format!("c{i}")), meta("p"), t(1)).unwrap();
-            assert!("10.0.0.16/28".parse::<Ipv4Net>().unwrap().contains(&a.addr), "{a:?}");
+            assert!(
+                "10.0.0.16/28".parse::<Ipv4Net>().unwrap().contains(&a.addr),
+                "{a:?}"
+            );
         }
         let s = ds.stats(t(1));
-        assert_eq!((s.total(), s.assigned(), s.free(), s.prefixes(), s.free_prefixes()), (32, 16, 16, 2, 1));
-        assert_eq!(ds.assign(&key("x"), meta("p"), t(1)).unwrap().addr, Ipv4Addr::new(10, 0, 0, 32));
+        assert_eq!(
+            (
+                s.total(),
+                s.assigned(),
+                s.free(),
+                s.prefixes(),
+                s.free_prefixes()
+            ),
+            (32, 16, 16, 2, 1)
+        );
+        assert_eq!(
+            ds.assign(&key("x"), meta("p"), t(1)).unwrap().addr,
+            Ipv4Addr::new(10, 0, 0, 32)
+        );
     }
 
     #[test]
@@ -1223,8 +1274,10 @@ mod tests {
         for (pd, total) in [(false, 1), (true, 17)] {
             let mut ds = Datastore::new(pd, Duration::ZERO);
             ds.add_eni(eni("eni-a", 0), t(0));
-            ds.add_cidr("eni-a", "10.0.0.5/32".parse().unwrap()).unwrap();
-            ds.add_cidr("eni-a", "10.0.0.16/28".parse().unwrap()).unwrap();
+            ds.add_cidr("eni-a", "10.0.0.5/32".parse().unwrap())
+                .unwrap();
+            ds.add_cidr("eni-a", "10.0.0.16/28".parse().unwrap())
+                .unwrap();
             let s = ds.stats(t(0));
             assert_eq!(s.total(), total, "pd={pd}");
             assert_eq!(s.enis[0].slots_used(), 2);
@@ -1241,22 +1294,35 @@ mod tests {
     fn cooldown_is_not_available_and_expires() {
         let mut ds = Datastore::new(false, Duration::from_secs(30));
         ds.add_eni(eni("eni-a", 0), t(0));
-        ds.add_cidr("eni-a", "10.0.0.10/32".parse().unwrap()).unwrap();
+        ds.add_cidr("eni-a", "10.0.0.10/32".parse().unwrap())
+            .unwrap();
         let a = ds.assign(&key("c1"), meta("p"), t(1)).unwrap();
         ds.release(&key("c1"), t(10)).unwrap();
         let s = ds.stats(t(11));
-        assert_eq!((s.total(), s.assigned(), s.cooling(), s.free()), (1, 0, 1, 0));
+        assert_eq!(
+            (s.total(), s.assigned(), s.cooling(), s.free()),
+            (1, 0, 1, 0)
+        );
         assert_eq!(ds.addr_state(a.addr, t(39)), Some(AddrState::Cooling));
-        assert_eq!(ds.assign(&key("c2"), meta("p"), t(39)), Err(DsError::NoAvailableAddress));
+        assert_eq!(
+            ds.assign(&key("c2"), meta("p"), t(39)),
+            Err(DsError::NoAvailableAddress)
+        );
         // Cooling CIDR and ENI cannot be released without force.
         assert!(matches!(
             ds.remove_cidr("eni-a", "10.0.0.10/32".parse().unwrap(), false, t(39)),
             Err(DsError::InUse { cooling: 1, .. })
         ));
-        assert!(matches!(ds.remove_eni("eni-a", false, t(39)), Err(DsError::InUse { .. })));
+        assert!(matches!(
+            ds.remove_eni("eni-a", false, t(39)),
+            Err(DsError::InUse { .. })
+        ));
         assert_eq!(ds.addr_state(a.addr, t(40)), Some(AddrState::Free));
         assert_eq!(ds.stats(t(40)).free(), 1);
-        assert_eq!(ds.assign(&key("c2"), meta("p"), t(40)).unwrap().addr, a.addr);
+        assert_eq!(
+            ds.assign(&key("c2"), meta("p"), t(40)).unwrap().addr,
+            a.addr
+        );
     }
 
     #[test]
@@ -1271,7 +1337,10 @@ mod tests {
     #[test]
     fn release_unknown_and_legacy_key() {
         let mut ds = sip();
-        assert_eq!(ds.release(&key("nope"), t(1)).unwrap_err().to_string(), "datastore: unknown pod");
+        assert_eq!(
+            ds.release(&key("nope"), t(1)).unwrap_err().to_string(),
+            "datastore: unknown pod"
+        );
         // An allocation restored from a pre-1.12-migrated checkpoint uses the legacy key.
         let legacy = IpamKey::legacy("c-old");
         let a = ds.assign(&legacy, PodMeta::default(), t(1)).unwrap();
@@ -1282,8 +1351,14 @@ mod tests {
         // The exact key wins over the legacy one.
         let x = ds.assign(&key("c-x"), meta("p"), t(4)).unwrap();
         let y = ds.assign(&IpamKey::legacy("c-x"), meta("p"), t(4)).unwrap();
-        assert_eq!(ds.release(&key("c-x"), t(5)).unwrap().assignment.addr, x.addr);
-        assert_eq!(ds.release(&key("c-x"), t(5)).unwrap().assignment.addr, y.addr);
+        assert_eq!(
+            ds.release(&key("c-x"), t(5)).unwrap().assignment.addr,
+            x.addr
+        );
+        assert_eq!(
+            ds.release(&key("c-x"), t(5)).unwrap().assignment.addr,
+            y.addr
+        );
     }
 
     #[test]
@@ -1309,9 +1384,19 @@ mod tests {
         let mut ds = sip();
         let a = ds.assign(&key("c1"), meta("p1"), t(1)).unwrap();
         let net = Ipv4Net::new(a.addr, 32).unwrap();
-        assert!(matches!(ds.remove_cidr(&a.eni, net, false, t(2)), Err(DsError::InUse { assigned: 1, .. })));
+        assert!(matches!(
+            ds.remove_cidr(&a.eni, net, false, t(2)),
+            Err(DsError::InUse { assigned: 1, .. })
+        ));
         let forced = ds.remove_cidr(&a.eni, net, true, t(2)).unwrap();
-        assert_eq!(forced, vec![ForcedRelease { key: key("c1"), meta: meta("p1"), addr: a.addr }]);
+        assert_eq!(
+            forced,
+            vec![ForcedRelease {
+                key: key("c1"),
+                meta: meta("p1"),
+                addr: a.addr
+            }]
+        );
         assert!(ds.lookup(&key("c1")).is_none());
         let b = ds.assign(&key("c2"), meta("p2"), t(3)).unwrap();
         let forced = ds.remove_eni(&b.eni, true, t(3)).unwrap();
@@ -1331,7 +1416,8 @@ mod tests {
             Err(DsError::UnknownEni("eni-zz".into()))
         );
         // Re-adding is a no-op.
-        ds.add_cidr("eni-a", "10.0.0.10/32".parse().unwrap()).unwrap();
+        ds.add_cidr("eni-a", "10.0.0.10/32".parse().unwrap())
+            .unwrap();
         assert_eq!(ds.stats(t(0)).total(), 5);
     }
 
@@ -1344,9 +1430,17 @@ mod tests {
         let s = ds.stats(t(5));
         assert_eq!(s.total(), 2);
         for i in 0..2 {
-            assert_eq!(ds.assign(&key(&format!("c{i}")), meta("p"), t(5)).unwrap().eni, "eni-b");
+            assert_eq!(
+                ds.assign(&key(&format!("c{i}")), meta("p"), t(5))
+                    .unwrap()
+                    .eni,
+                "eni-b"
+            );
         }
-        assert_eq!(ds.assign(&key("c3"), meta("p"), t(5)), Err(DsError::NoAvailableAddress));
+        assert_eq!(
+            ds.assign(&key("c3"), meta("p"), t(5)),
+            Err(DsError::NoAvailableAddress)
+        );
     }
 
     #[test]
@@ -1360,9 +1454,20 @@ mod tests {
         assert_eq!(s.enis[0].id, "eni-a");
         assert_eq!(s.enis[0].age, Duration::from_secs(62));
         // eni-b: .10 assigned, .11 released at t(2): free again at t(62) (cooldown 30 s).
-        assert_eq!((s.enis[1].total(), s.enis[1].assigned(), s.enis[1].cooling(), s.enis[1].free()), (2, 1, 0, 1));
+        assert_eq!(
+            (
+                s.enis[1].total(),
+                s.enis[1].assigned(),
+                s.enis[1].cooling(),
+                s.enis[1].free()
+            ),
+            (2, 1, 0, 1)
+        );
         let s = ds.stats(t(3));
-        assert_eq!((s.enis[1].cooling(), s.enis[1].free(), s.free(), s.cooling()), (1, 0, 3, 1));
+        assert_eq!(
+            (s.enis[1].cooling(), s.enis[1].free(), s.free(), s.cooling()),
+            (1, 0, 3, 1)
+        );
     }
 
     #[test]
@@ -1375,15 +1480,27 @@ mod tests {
         assert_eq!(cp.version, "vpc-cni-ipam/1");
         assert_eq!(cp.allocations.len(), 1);
         let al = &cp.allocations[0];
-        assert_eq!((al.container_id.as_str(), al.ipv4.as_str()), ("c1", "10.0.1.10"));
+        assert_eq!(
+            (al.container_id.as_str(), al.ipv4.as_str()),
+            ("c1", "10.0.1.10")
+        );
         assert_eq!(al.allocation_timestamp, to_unix_nanos(t(1)));
         assert_eq!(al.metadata.k8s_pod_name, "p1");
         let st = ds.state(t(4), &["eni-gone".to_owned()]);
-        assert_eq!(st.cooldown, vec![CooldownEntry { ipv4: "10.0.1.11".into(), released_at: to_unix_nanos(t(3)) }]);
+        assert_eq!(
+            st.cooldown,
+            vec![CooldownEntry {
+                ipv4: "10.0.1.11".into(),
+                released_at: to_unix_nanos(t(3))
+            }]
+        );
         assert_eq!(st.detaching_enis, ["eni-gone"]);
         assert!(ds.state(t(40), &[]).cooldown.is_empty());
         ds.prune_expired(t(40));
-        assert_eq!(ds.addr_state("10.0.1.11".parse().unwrap(), t(40)), Some(AddrState::Free));
+        assert_eq!(
+            ds.addr_state("10.0.1.11".parse().unwrap(), t(40)),
+            Some(AddrState::Free)
+        );
     }
 
     #[test]
@@ -1391,7 +1508,8 @@ mod tests {
         let mut ds = sip();
         ds.assign(&key("c1"), meta("alive"), t(1)).unwrap();
         ds.assign(&key("c2"), meta("gone"), t(1)).unwrap();
-        ds.assign(&IpamKey::legacy("c3"), PodMeta::default(), t(1)).unwrap();
+        ds.assign(&IpamKey::legacy("c3"), PodMeta::default(), t(1))
+            .unwrap();
         ds.assign(&key("c4"), meta("alive2"), t(1)).unwrap();
         ds.release(&key("c4"), t(20)).unwrap();
         let cp = ds.checkpoint();
@@ -1455,12 +1573,25 @@ mod tests {
         let mut ds = sip();
         let st = State {
             version: checkpoint::STATE_VERSION.into(),
-            cooldown: vec![CooldownEntry { ipv4: "10.0.0.10".into(), released_at: to_unix_nanos(t(10_000)) }],
+            cooldown: vec![CooldownEntry {
+                ipv4: "10.0.0.10".into(),
+                released_at: to_unix_nanos(t(10_000)),
+            }],
             detaching_enis: vec![],
         };
-        let cp = Checkpoint { version: checkpoint::VERSION.into(), allocations: vec![] };
-        ds.restore(&cp, Some(&st), &|_: &PodMeta| true, t(0)).unwrap();
-        assert_eq!(ds.addr_state("10.0.0.10".parse().unwrap(), t(29)), Some(AddrState::Cooling));
-        assert_eq!(ds.addr_state("10.0.0.10".parse().unwrap(), t(30)), Some(AddrState::Free));
+        let cp = Checkpoint {
+            version: checkpoint::VERSION.into(),
+            allocations: vec![],
+        };
+        ds.restore(&cp, Some(&st), &|_: &PodMeta| true, t(0))
+            .unwrap();
+        assert_eq!(
+            ds.addr_state("10.0.0.10".parse().unwrap(), t(29)),
+            Some(AddrState::Cooling)
+        );
+        assert_eq!(
+            ds.addr_state("10.0.0.10".parse().unwrap(), t(30)),
+            Some(AddrState::Free)
+        );
     }
 }

@@ -75,7 +75,9 @@ impl Ec2Error {
 
     /// Any `*.NotFound` code (ENI, attachment, subnet…): the object is already gone.
     pub fn is_not_found(&self) -> bool {
-        self.code.as_deref().is_some_and(|c| c.ends_with(".NotFound"))
+        self.code
+            .as_deref()
+            .is_some_and(|c| c.ends_with(".NotFound"))
     }
 
     /// The first single-quoted token in the message, e.g. the ENI ID in
@@ -85,11 +87,7 @@ impl Ec2Error {
         let start = self.message.find('\'')? + 1;
         let len = self.message[start..].find('\'')?;
         let id = &self.message[start..start + len];
-        (!id.is_empty()
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        .then_some(id)
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then_some(id)
     }
 
     /// Fabricate a client error (fakes and callers' own validation).
@@ -130,8 +128,7 @@ const SERVER_CODES: &[&str] = &[
 pub fn classify(code: Option<&str>, status: Option<u16>) -> Ec2ErrorKind {
     if code.is_some_and(|c| THROTTLE_CODES.contains(&c)) || status == Some(429) {
         Ec2ErrorKind::Throttled
-    } else if code.is_some_and(|c| SERVER_CODES.contains(&c)) || status.is_some_and(|s| s >= 500)
-    {
+    } else if code.is_some_and(|c| SERVER_CODES.contains(&c)) || status.is_some_and(|s| s >= 500) {
         Ec2ErrorKind::Server
     } else {
         Ec2ErrorKind::Client
@@ -532,11 +529,15 @@ impl Ec2Settings {
 /// `AWS_ENDPOINT_URL`, then upstream's `AWS_EC2_ENDPOINT` (which upstream v1.23 forgets to apply
 /// to its EC2 client, ipam.md §13 #11). Empty values count as unset.
 pub fn endpoint_from_env(get: impl Fn(&str) -> Option<String>) -> Option<String> {
-    ["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL", "AWS_EC2_ENDPOINT"]
-        .iter()
-        .filter_map(|k| get(k))
-        .map(|v| v.trim().to_string())
-        .find(|v| !v.is_empty())
+    [
+        "AWS_ENDPOINT_URL_EC2",
+        "AWS_ENDPOINT_URL",
+        "AWS_EC2_ENDPOINT",
+    ]
+    .iter()
+    .filter_map(|k| get(k))
+    .map(|v| v.trim().to_string())
+    .find(|v| !v.is_empty())
 }
 
 /// [`Ec2Api`] over aws-sdk-ec2, rate limited, retried and counted.
@@ -643,7 +644,12 @@ fn count_i32(action: &'static str, n: u32) -> Result<i32, Ec2Error> {
 
 fn tags_from(ts: &[t::Tag]) -> Tags {
     ts.iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
         .collect()
 }
 
@@ -675,8 +681,7 @@ fn malformed(action: &'static str, what: &str, value: &str) -> Ec2Error {
 }
 
 fn parse_ip(action: &'static str, s: &str) -> Result<Ipv4Addr, Ec2Error> {
-    s.parse()
-        .map_err(|_| malformed(action, "IPv4 address", s))
+    s.parse().map_err(|_| malformed(action, "IPv4 address", s))
 }
 
 fn parse_net(action: &'static str, s: &str) -> Result<Ipv4Net, Ec2Error> {
@@ -717,7 +722,10 @@ fn eni_from(action: &'static str, n: &t::NetworkInterface) -> Result<EniInfo, Ec
             instance_id: a.instance_id().map(str::to_string),
             device_index: to_u32(a.device_index()),
             network_card: to_u32(a.network_card_index()),
-            status: a.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            status: a
+                .status()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
             delete_on_termination: a.delete_on_termination().unwrap_or(false),
         })
     });
@@ -725,7 +733,10 @@ fn eni_from(action: &'static str, n: &t::NetworkInterface) -> Result<EniInfo, Ec
         eni_id,
         mac: n.mac_address().unwrap_or_default().to_ascii_lowercase(),
         description: n.description().unwrap_or_default().to_string(),
-        status: n.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        status: n
+            .status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
         interface_type: n
             .interface_type()
             .map(|s| s.as_str().to_string())
@@ -746,7 +757,10 @@ fn eni_from(action: &'static str, n: &t::NetworkInterface) -> Result<EniInfo, Ec
 }
 
 impl Ec2Api for SdkEc2 {
-    async fn describe_instance_enis(&self, instance_id: &str) -> Result<Vec<InstanceEni>, Ec2Error> {
+    async fn describe_instance_enis(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<InstanceEni>, Ec2Error> {
         const A: &str = "DescribeInstances";
         let c = &self.client;
         let out = self
@@ -794,7 +808,9 @@ impl Ec2Api for SdkEc2 {
                     .create_network_interface()
                     .subnet_id(&req.subnet_id)
                     .description(&req.description)
-                    .set_groups((!req.security_groups.is_empty()).then(|| req.security_groups.clone()))
+                    .set_groups(
+                        (!req.security_groups.is_empty()).then(|| req.security_groups.clone()),
+                    )
                     .set_secondary_private_ip_address_count(ips)
                     .set_ipv4_prefix_count(pfx);
                 if !req.tags.is_empty() {
@@ -960,7 +976,11 @@ impl Ec2Api for SdkEc2 {
         Err(malformed(A, "nextToken", "more than 1000 pages"))
     }
 
-    async fn assign_private_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+    async fn assign_private_ips(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
         const A: &str = "AssignPrivateIpAddresses";
         let c = &self.client;
         let n = count_i32(A, count)?;
@@ -1103,9 +1123,18 @@ mod tests {
             classify(Some("RequestLimitExceeded"), Some(503)),
             Ec2ErrorKind::Throttled
         );
-        assert_eq!(classify(Some("Throttling"), Some(400)), Ec2ErrorKind::Throttled);
-        assert_eq!(classify(Some("InternalError"), Some(500)), Ec2ErrorKind::Server);
-        assert_eq!(classify(Some("Unavailable"), Some(503)), Ec2ErrorKind::Server);
+        assert_eq!(
+            classify(Some("Throttling"), Some(400)),
+            Ec2ErrorKind::Throttled
+        );
+        assert_eq!(
+            classify(Some("InternalError"), Some(500)),
+            Ec2ErrorKind::Server
+        );
+        assert_eq!(
+            classify(Some("Unavailable"), Some(503)),
+            Ec2ErrorKind::Server
+        );
         assert_eq!(classify(None, Some(502)), Ec2ErrorKind::Server);
         assert_eq!(
             classify(Some("InvalidParameterValue"), Some(400)),
@@ -1202,8 +1231,20 @@ mod tests {
             message: String::new(),
             status: Some(503),
         };
-        s.record("A", Some(&thr), Duration::from_millis(5), Duration::ZERO, false);
-        s.record("A", None, Duration::from_millis(7), Duration::from_millis(3), true);
+        s.record(
+            "A",
+            Some(&thr),
+            Duration::from_millis(5),
+            Duration::ZERO,
+            false,
+        );
+        s.record(
+            "A",
+            None,
+            Duration::from_millis(7),
+            Duration::from_millis(3),
+            true,
+        );
         let snap = s.snapshot();
         let a = &snap["A"];
         assert_eq!(a.attempts, 2);

@@ -393,7 +393,10 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
     /// Create an ENI with `addresses`, attach it at the first free device index, set
     /// DeleteOnTermination, and wait until IMDS (and the host link) show it. Any failure after
     /// creation deletes the ENI again.
-    pub async fn create_and_attach(&self, addresses: AddressRequest) -> Result<AttachedEni, EniError> {
+    pub async fn create_and_attach(
+        &self,
+        addresses: AddressRequest,
+    ) -> Result<AttachedEni, EniError> {
         let subnets = self.candidate_subnets().await;
         if subnets.is_empty() {
             return Err(EniError::NoSubnet);
@@ -497,8 +500,14 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
                     tracing::info!(eni = eni_id, device_index = idx, "attached ENI");
                     return Ok((att, idx));
                 }
-                Err(e) if e.code_is("InvalidParameterValue") && e.message.contains("device index") => {
-                    tracing::info!(eni = eni_id, device_index = idx, "device index taken; retrying");
+                Err(e)
+                    if e.code_is("InvalidParameterValue") && e.message.contains("device index") =>
+                {
+                    tracing::info!(
+                        eni = eni_id,
+                        device_index = idx,
+                        "device index taken; retrying"
+                    );
                     // DescribeInstances may lag the racing attach: skip this index regardless.
                     taken_locally.insert(idx);
                     last = Some(e);
@@ -534,7 +543,9 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
                             let complete = match want {
                                 AddressRequest::None => true,
                                 AddressRequest::Ips(k) => k == 0 || !m.secondary_ips().is_empty(),
-                                AddressRequest::Prefixes(k) => k == 0 || !m.ipv4_prefixes.is_empty(),
+                                AddressRequest::Prefixes(k) => {
+                                    k == 0 || !m.ipv4_prefixes.is_empty()
+                                }
                             };
                             let link = self.link.link_exists(&eni.mac);
                             if complete && link {
@@ -619,7 +630,11 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
     /// Detach and delete one of our ENIs. Gone already ⇒ Ok. Refuses unmanaged ENIs and the
     /// primary ENI (device 0 on card 0).
     pub async fn free_eni(&self, eni_id: &str) -> Result<(), EniError> {
-        let list = match self.ec2.describe_network_interfaces(&[eni_id.to_string()]).await {
+        let list = match self
+            .ec2
+            .describe_network_interfaces(&[eni_id.to_string()])
+            .await
+        {
             Ok(l) => l,
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -670,7 +685,11 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
     }
 
     /// Add `count` /28 prefixes to an ENI; returns the new prefixes.
-    pub async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, EniError> {
+    pub async fn assign_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv4Net>, EniError> {
         Ok(self.ec2.assign_prefixes(eni_id, count).await?)
     }
 
@@ -680,13 +699,20 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
     }
 
     /// Remove prefixes from an ENI.
-    pub async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), EniError> {
+    pub async fn unassign_prefixes(
+        &self,
+        eni_id: &str,
+        prefixes: &[Ipv4Net],
+    ) -> Result<(), EniError> {
         Ok(self.ec2.unassign_prefixes(eni_id, prefixes).await?)
     }
 
     /// Write our ownership tags on ENIs we manage (start-up and newly found ENIs).
     pub async fn top_up_tags(&self, eni_ids: &[String]) -> Result<(), EniError> {
-        Ok(self.ec2.create_tags(eni_ids, &self.ownership_tags()).await?)
+        Ok(self
+            .ec2
+            .create_tags(eni_ids, &self.ownership_tags())
+            .await?)
     }
 
     /// One pass of the two-phase leaked-ENI sweep: `available` ENIs tagged with this instance,
@@ -699,14 +725,20 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
         now: OffsetDateTime,
     ) -> Result<SweepReport, EniError> {
         let mut filters = vec![
-            Filter::new(&format!("tag:{TAG_INSTANCE_ID}"), &self.settings.instance_id),
+            Filter::new(
+                &format!("tag:{TAG_INSTANCE_ID}"),
+                &self.settings.instance_id,
+            ),
             Filter::new("status", "available"),
             Filter::new("vpc-id", &self.settings.vpc_id),
         ];
         if let Some(c) = &self.settings.cluster_name {
             filters.push(Filter::new(&format!("tag:{TAG_CLUSTER_NAME}"), c));
         }
-        let found = self.ec2.describe_network_interfaces_filtered(&filters).await?;
+        let found = self
+            .ec2
+            .describe_network_interfaces_filtered(&filters)
+            .await?;
         let mut report = SweepReport::default();
         let mut leaked = BTreeSet::new();
         let mut to_tag = Vec::new();
@@ -714,7 +746,11 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
             if eni.status != "available" || !eni.description.starts_with(DESCRIPTION_PREFIX) {
                 continue;
             }
-            if eni.tags.get(TAG_NO_MANAGE).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            if eni
+                .tags
+                .get(TAG_NO_MANAGE)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            {
                 continue;
             }
             // Missing or unparsable createdAt: stamp it now and judge it later (upstream's
@@ -728,7 +764,10 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
                 continue;
             };
             let age = now - created;
-            if age >= time::Duration::try_from(self.settings.leaked_grace).unwrap_or(time::Duration::MAX) {
+            if age
+                >= time::Duration::try_from(self.settings.leaked_grace)
+                    .unwrap_or(time::Duration::MAX)
+            {
                 leaked.insert(eni.eni_id);
             }
         }

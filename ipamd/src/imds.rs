@@ -553,7 +553,10 @@ mod tests {
             m.set(&format!("{b}interface-id"), eni);
             m.set(&format!("{b}subnet-id"), "subnet-1");
             m.set(&format!("{b}subnet-ipv4-cidr-block"), "10.0.64.0/19");
-            m.set(&format!("{b}vpc-ipv4-cidr-blocks"), "10.0.0.0/16\n100.64.0.0/16");
+            m.set(
+                &format!("{b}vpc-ipv4-cidr-blocks"),
+                "10.0.0.0/16\n100.64.0.0/16",
+            );
             m.set(&format!("{b}local-ipv4s"), ips);
             m.set(&format!("{b}security-group-ids"), "sg-b\nsg-a");
         }
@@ -578,7 +581,10 @@ mod tests {
         assert_eq!(enis[0].mac, PMAC);
         assert_eq!(enis[0].device_number, 0, "primary forced to device 0");
         assert_eq!(enis[0].network_card, 0, "404 network-card means card 0");
-        assert!(enis[0].ipv4_prefixes.is_empty(), "404 ipv4-prefix means none");
+        assert!(
+            enis[0].ipv4_prefixes.is_empty(),
+            "404 ipv4-prefix means none"
+        );
         let s = &enis[1];
         assert_eq!(s.eni_id, "eni-s");
         assert_eq!(s.device_number, 1);
@@ -614,7 +620,9 @@ mod tests {
             m.set(path, value);
             let err = Imds::new(m).instance().await.unwrap_err();
             match err {
-                ImdsError::Malformed { path: p, value: v, .. } => {
+                ImdsError::Malformed {
+                    path: p, value: v, ..
+                } => {
                     assert_eq!(p, path);
                     assert_eq!(v, value);
                 }

@@ -9,6 +9,9 @@ pub mod config;
 pub mod datastore;
 pub mod pool;
 
+pub mod daemon;
+pub mod rpc;
+
 pub mod ec2;
 pub mod eni;
 pub mod hostnet;

@@ -191,7 +191,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refills_up_to_burst_only() {
-        let b = TokenBucket::new(LimiterSettings { qps: 10.0, burst: 2 }).unwrap();
+        let b = TokenBucket::new(LimiterSettings {
+            qps: 10.0,
+            burst: 2,
+        })
+        .unwrap();
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(b.acquire().await, Duration::ZERO);
         assert_eq!(b.acquire().await, Duration::ZERO);
@@ -201,7 +205,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_callers_are_spaced() {
-        let b = std::sync::Arc::new(TokenBucket::new(LimiterSettings { qps: 4.0, burst: 1 }).unwrap());
+        let b =
+            std::sync::Arc::new(TokenBucket::new(LimiterSettings { qps: 4.0, burst: 1 }).unwrap());
         let mut waits = Vec::new();
         let mut handles = Vec::new();
         for _ in 0..4 {

@@ -119,7 +119,12 @@ pub fn apply(proc_sys: &Path, sysctls: &[Sysctl]) -> Result<Vec<Sysctl>, InitErr
     let mut done = Vec::new();
     for s in sysctls {
         let path = s.path(proc_sys);
-        match std::fs::write(&path, s.value) {
+        // No O_CREAT: a key the kernel lacks must show up as ENOENT, not as a new file.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, s.value.as_bytes()));
+        match written {
             Ok(()) => {
                 tracing::info!(key = %s.key(), value = s.value, "set sysctl");
                 done.push(s.clone());

@@ -126,6 +126,15 @@ impl InstanceType {
         self.is_nitro() || self.bare_metal
     }
 
+    /// Heuristic for "can this type have a trunk ENI" (security groups for pods).
+    /// `DescribeInstanceTypes` does not say; the authority is the `IsTrunkingCompatible` list
+    /// of amazon-vpc-resource-controller-k8s. AWS documents the rule of thumb used here: most
+    /// Nitro families (bare metal included), no `t` family. Callers that know better (e.g. the
+    /// node has a trunk ENI attached) should use that instead.
+    pub fn likely_trunk_capable(&self) -> bool {
+        self.supports_prefix_delegation() && !self.family().starts_with('t')
+    }
+
     /// The default network card (`NetworkCards[DefaultNetworkCardIndex]`), if listed.
     pub fn default_card(&self) -> Option<&NetworkCard> {
         self.network_cards

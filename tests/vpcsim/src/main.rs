@@ -13,7 +13,11 @@ use vpcsim::fabric::run::{self, ServeOptions};
 use vpcsim::fabric::state::DEFAULT_STATE_DIR;
 
 #[derive(Parser)]
-#[command(name = "vpcsim", version, about = "An AWS VPC in a box: EC2/IMDS emulator + netns fabric")]
+#[command(
+    name = "vpcsim",
+    version,
+    about = "An AWS VPC in a box: EC2/IMDS emulator + netns fabric"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

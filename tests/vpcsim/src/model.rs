@@ -652,8 +652,30 @@ impl Model {
                 best = Some(entry);
             }
         }
-        best.map(|(_, g, s)| (*g, s.clone()))
-            .unwrap_or_else(|| (0, Arc::new(NetState::default())))
+        let Some((_, generation, lagged)) = best else {
+            return (0, Arc::new(NetState::default()));
+        };
+        // An instance boots with its primary ENI: a node created less than a lag ago is shown
+        // as it is now rather than missing (only later changes lag).
+        let newest = self.history.back().map(|(_, _, s)| s.clone());
+        let missing: Vec<NodeState> = newest
+            .iter()
+            .flat_map(|n| n.nodes.iter())
+            .filter(|n| !lagged.nodes.iter().any(|l| l.instance_id == n.instance_id))
+            .cloned()
+            .collect();
+        let subnets_missing = newest
+            .as_ref()
+            .is_some_and(|n| n.subnets.len() != lagged.subnets.len());
+        if missing.is_empty() && !subnets_missing {
+            return (*generation, lagged.clone());
+        }
+        let mut merged = (**lagged).clone();
+        merged.nodes.extend(missing);
+        if let Some(n) = newest {
+            merged.subnets = n.subnets.clone();
+        }
+        (*generation, Arc::new(merged))
     }
 
     fn net_state(&self) -> NetState {

@@ -284,6 +284,12 @@ impl Sim {
         self.gen_tx.subscribe()
     }
 
+    /// Checks the subnet bookkeeping against the ENIs (no duplicate, reserved or
+    /// prefix-covered address; counters consistent). For tests; returns the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        lock(&self.model).check_invariants()
+    }
+
     /// Per-action counters.
     pub fn counters(&self) -> BTreeMap<String, ActionCounters> {
         lock(&self.counters).clone()

@@ -195,7 +195,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
 
     let owned;
     let it: &InstanceType = if cli.from_ec2 {
-        let mut found = from_ec2(cli, &[name.clone()], region_from_imds)?;
+        let mut found = from_ec2(cli, std::slice::from_ref(&name), region_from_imds)?;
         owned = found
             .drain(..)
             .find(|t| t.name == name)
@@ -208,6 +208,13 @@ fn run(cli: &Cli) -> Result<(), Fail> {
     let r = compute(it, &opts);
     if let Some(note) = r.pd_note {
         eprintln!("{}", note.message(it));
+    }
+    if cli.trunk && !it.likely_trunk_capable() {
+        eprintln!(
+            "note: {} is probably not trunk-capable (security groups for pods need a Nitro, \
+             non-t type), so aws-node would reserve no trunk ENI; --trunk reserved one anyway",
+            it.name
+        );
     }
     let value = if cli.show_max_allowed {
         r.max_pods

@@ -32,7 +32,10 @@ pub fn run(ns: Option<&str>, args: &[&str]) -> Result<String, FabricError> {
         .stdin(Stdio::null())
         .output()
         .map_err(|source| FabricError::Io {
-            ctx: format!("cannot run `ip {}` (is iproute2 installed?)", full.join(" ")),
+            ctx: format!(
+                "cannot run `ip {}` (is iproute2 installed?)",
+                full.join(" ")
+            ),
             source,
         })?;
     if !out.status.success() {
@@ -149,7 +152,9 @@ pub fn routes_by_proto(ns: &str, proto: u8) -> Result<Vec<RawRoute>, FabricError
     let proto = proto.to_string();
     let out = run(
         Some(ns),
-        &["-4", "-json", "route", "show", "table", "main", "proto", &proto],
+        &[
+            "-4", "-json", "route", "show", "table", "main", "proto", &proto,
+        ],
     )?;
     parse_json(&out, &format!("ip -n {ns} -json route show proto {proto}"))
 }

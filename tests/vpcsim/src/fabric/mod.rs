@@ -252,9 +252,6 @@ impl Fabric {
                 ("net/ipv4/conf/all/rp_filter", "0"),
                 ("net/ipv4/conf/default/rp_filter", strict),
                 ("net/ipv4/conf/all/proxy_arp", "1"),
-                // Proxy ARP answers are delayed by up to proxy_delay (0.8 s by default) to let
-                // a real owner answer first; here the router is the only answerer.
-                ("net/ipv4/neigh/default/proxy_delay", "0"),
                 ("net/ipv4/conf/all/send_redirects", "0"),
                 ("net/ipv4/conf/default/send_redirects", "0"),
                 ("net/ipv6/conf/all/disable_ipv6", "1"),
@@ -337,10 +334,7 @@ impl Fabric {
                 ctx: format!("cannot create mount point {}", target.display()),
                 source: e,
             })?;
-            dirs.push((
-                target.display().to_string(),
-                source.display().to_string(),
-            ));
+            dirs.push((target.display().to_string(), source.display().to_string()));
             binds.push(ns::BindMount { source, target });
         }
         let child = ns::spawn_holder(&netns, &binds)?;
@@ -436,7 +430,11 @@ impl Fabric {
     }
 
     /// Waits until a view of generation `generation` or later has been applied.
-    pub async fn wait_applied(&self, generation: u64, timeout: Duration) -> Result<(), FabricError> {
+    pub async fn wait_applied(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<(), FabricError> {
         let mut rx = self.status.subscribe();
         let wait = rx.wait_for(|s| s.applied_generation >= generation);
         match tokio::time::timeout(timeout, wait).await {

@@ -252,8 +252,15 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
             "link add name {name} mtu {ENI_MTU} type veth peer name {} address {mac} mtu {ENI_MTU} netns {}",
             link.ifname, link.node_ns
         ));
-        p.vpc.push(format!("link set dev {name} alias {}", link.key));
+        p.vpc
+            .push(format!("link set dev {name} alias {}", link.key));
         p.vpc.push(format!("link set dev {name} up"));
+        // Proxy ARP answers are delayed by up to `proxy_delay` (0.8 s by default) to let a real
+        // owner answer first; here the router is the only answerer. (The `neigh/default`
+        // sysctl exists only in the initial namespace, so this is set per link.)
+        p.vpc.push(format!(
+            "ntable change name arp_cache dev {name} proxy_delay 0"
+        ));
         p.vpc.push(format!(
             "neigh replace {ENI_NEXTHOP} lladdr {mac} dev {name} nud permanent"
         ));
@@ -298,9 +305,9 @@ pub fn plan(d: &Desired, o: &Observed) -> Plan {
             RouteTarget::Eni(dev) => p.vpc.push(format!(
                 "route replace {dst} via {ENI_NEXTHOP} dev {dev} onlink proto {ROUTE_PROTO}"
             )),
-            RouteTarget::Unreachable => p
-                .vpc
-                .push(format!("route replace unreachable {dst} proto {ROUTE_PROTO}")),
+            RouteTarget::Unreachable => p.vpc.push(format!(
+                "route replace unreachable {dst} proto {ROUTE_PROTO}"
+            )),
         }
     }
     p
@@ -373,7 +380,10 @@ mod tests {
         assert_eq!(node_ifname(0, 1), "eth1");
         assert_eq!(node_ifname(1, 0), "c1eth0");
         assert_eq!(gateway_of(net("10.0.64.0/19")), ip("10.0.64.1"));
-        assert_eq!(mac_string(&[2, 0xab, 0, 1, 0x10, 0xff]), "02:ab:00:01:10:ff");
+        assert_eq!(
+            mac_string(&[2, 0xab, 0, 1, 0x10, 0xff]),
+            "02:ab:00:01:10:ff"
+        );
     }
 
     #[test]
@@ -388,8 +398,14 @@ mod tests {
         assert_eq!(a.ifname, "eth0");
         assert_eq!(a.dhcp, Some((net("10.0.0.10/24"), ip("10.0.0.1"))));
         assert_eq!(d.links["vb"].dhcp, None);
-        assert_eq!(d.routes[&net("10.0.0.21/32")], RouteTarget::Eni("vb".into()));
-        assert_eq!(d.routes[&net("10.0.0.32/28")], RouteTarget::Eni("vb".into()));
+        assert_eq!(
+            d.routes[&net("10.0.0.21/32")],
+            RouteTarget::Eni("vb".into())
+        );
+        assert_eq!(
+            d.routes[&net("10.0.0.32/28")],
+            RouteTarget::Eni("vb".into())
+        );
         assert_eq!(d.routes[&net("10.0.0.0/16")], RouteTarget::Unreachable);
         let p = plan(&d, &Observed::default());
         assert_eq!(p.created, vec!["va".to_owned(), "vb".to_owned()]);
@@ -406,8 +422,16 @@ mod tests {
             ]
         );
         // Routes come after the links they use.
-        let link_pos = p.vpc.iter().position(|c| c.starts_with("link add name vb")).unwrap();
-        let route_pos = p.vpc.iter().position(|c| c.starts_with("route replace 10.0.0.21/32")).unwrap();
+        let link_pos = p
+            .vpc
+            .iter()
+            .position(|c| c.starts_with("link add name vb"))
+            .unwrap();
+        let route_pos = p
+            .vpc
+            .iter()
+            .position(|c| c.starts_with("route replace 10.0.0.21/32"))
+            .unwrap();
         assert!(link_pos < route_pos);
     }
 
@@ -447,7 +471,10 @@ mod tests {
 
     #[test]
     fn reattach_at_another_index_replugs_the_link() {
-        let before = desired(&view(vec![eni("eni-b", 1, "10.0.0.20", &[], &[])]), &nodes());
+        let before = desired(
+            &view(vec![eni("eni-b", 1, "10.0.0.20", &[], &[])]),
+            &nodes(),
+        );
         let mut moved = eni("eni-b", 2, "10.0.0.20", &[], &[]);
         moved.mac = before.links["vb"].mac;
         let after = desired(&view(vec![moved]), &nodes());
@@ -456,7 +483,11 @@ mod tests {
         assert_eq!(p.created, vec!["vb".to_owned()]);
         assert!(p.vpc.iter().any(|c| c.contains("peer name eth2")));
         // The route through the re-created link must be re-added.
-        assert!(p.vpc.iter().any(|c| c.starts_with("route replace 10.0.0.20/32")));
+        assert!(
+            p.vpc
+                .iter()
+                .any(|c| c.starts_with("route replace 10.0.0.20/32"))
+        );
     }
 
     #[test]
@@ -471,7 +502,10 @@ mod tests {
         });
         let d = desired(&v, &nodes());
         assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
-        assert_eq!(d.routes[&net("10.0.0.50/32")], RouteTarget::Eni("va".into()));
+        assert_eq!(
+            d.routes[&net("10.0.0.50/32")],
+            RouteTarget::Eni("va".into())
+        );
         assert!(!d.links.contains_key("vc"));
     }
 }

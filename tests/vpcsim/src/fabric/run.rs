@@ -85,7 +85,10 @@ fn progress(msg: impl std::fmt::Display) {
 /// Runs the emulator and the fabric until SIGTERM/SIGINT. `ready` is called once with the
 /// description when everything is up (the `up` parent waits for it). Tears the fabric down on
 /// the way out, also after a start-up error.
-pub async fn serve(opts: ServeOptions, ready: impl FnOnce(&Description)) -> Result<(), FabricError> {
+pub async fn serve(
+    opts: ServeOptions,
+    ready: impl FnOnce(&Description),
+) -> Result<(), FabricError> {
     validate_prefix(&opts.prefix)?;
     if opts.nodes == 0 || opts.nodes > 64 {
         return Err(FabricError::Invalid(format!(
@@ -94,7 +97,9 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(&Description)) -> Resu
         )));
     }
     if opts.subnets.is_empty() {
-        return Err(FabricError::Invalid("at least one subnet is required".into()));
+        return Err(FabricError::Invalid(
+            "at least one subnet is required".into(),
+        ));
     }
     for s in &opts.subnets {
         if !opts.vpc_cidr.contains(s) {
@@ -104,8 +109,10 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(&Description)) -> Resu
             )));
         }
     }
-    std::fs::create_dir_all(&opts.state_dir)
-        .map_err(io_err(format!("cannot create {}", opts.state_dir.display())))?;
+    std::fs::create_dir_all(&opts.state_dir).map_err(io_err(format!(
+        "cannot create {}",
+        opts.state_dir.display()
+    )))?;
     let state_file = state::state_path(&opts.state_dir, &opts.prefix);
     if let Some(old) = state::read(&state_file)? {
         if serve_alive(&old) {
@@ -114,7 +121,10 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(&Description)) -> Resu
                 opts.prefix, old.serve_pid, opts.prefix
             )));
         }
-        progress(format!("cleaning up a crashed instance of prefix {}", opts.prefix));
+        progress(format!(
+            "cleaning up a crashed instance of prefix {}",
+            opts.prefix
+        ));
         cleanup(&opts.state_dir, &opts.prefix, Some(&old));
     }
     let node_dirs = state::node_dirs_path(&opts.state_dir, &opts.prefix);
@@ -137,9 +147,17 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(&Description)) -> Resu
     };
     let fabric = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || Fabric::create(cfg))
+        let created = tokio::task::spawn_blocking(move || Fabric::create(cfg))
             .await
-            .map_err(|e| FabricError::Invalid(format!("fabric setup task died: {e}")))??
+            .map_err(|e| FabricError::Invalid(format!("fabric setup task died: {e}")))
+            .and_then(|r| r);
+        match created {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&state_file);
+                return Err(e);
+            }
+        }
     };
     let result = serve_with(&opts, &fabric, &mut st, &state_file, ready).await;
     progress("shutting down");
@@ -168,7 +186,10 @@ async fn serve_with(
     let region = SimConfig::default().region;
     let mut subnets = Vec::new();
     for (i, cidr) in opts.subnets.iter().enumerate() {
-        let tags = vec![("Name".to_owned(), format!("{}-subnet{}", opts.prefix, i + 1))];
+        let tags = vec![(
+            "Name".to_owned(),
+            format!("{}-subnet{}", opts.prefix, i + 1),
+        )];
         let id = sim
             .add_subnet(*cidr, None, &tags)
             .map_err(|e| emu_err(&format!("cannot create subnet {cidr}"), e))?;
@@ -261,11 +282,7 @@ async fn serve_with(
     let reconciler = {
         let changes = sim.subscribe();
         let sim = Arc::clone(&sim);
-        tokio::spawn(Arc::clone(fabric).run_reconciler(
-            move || sim.fabric_view(),
-            changes,
-            stop_rx,
-        ))
+        tokio::spawn(Arc::clone(fabric).run_reconciler(move || sim.fabric_view(), changes, stop_rx))
     };
 
     let desc = Description {
@@ -456,14 +473,25 @@ pub fn up(
         }
         Ok(_) => {
             let status = child.wait().ok();
-            Err(fail(format!("vpcsim serve exited before it was ready ({status:?})")))
+            Err(fail(format!(
+                "vpcsim serve exited before it was ready ({status:?})"
+            )))
         }
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
             // It may have created namespaces before hanging.
-            cleanup(state_dir, prefix, state::read(&state::state_path(state_dir, prefix)).ok().flatten().as_ref());
-            Err(fail(format!("vpcsim serve was not ready within {timeout:?}")))
+            cleanup(
+                state_dir,
+                prefix,
+                state::read(&state::state_path(state_dir, prefix))
+                    .ok()
+                    .flatten()
+                    .as_ref(),
+            );
+            Err(fail(format!(
+                "vpcsim serve was not ready within {timeout:?}"
+            )))
         }
     }
 }
@@ -579,7 +607,9 @@ pub fn down(state_dir: &Path, prefix: &str, grace: Duration) -> Result<DownRepor
 /// Removes what a (possibly crashed) instance left: processes in its namespaces, the
 /// namespaces, node-local directories and the state file.
 fn cleanup(state_dir: &Path, prefix: &str, st: Option<&StateFile>) -> (Vec<String>, Vec<i32>) {
-    let mnt: HashSet<u64> = st.map(|s| s.mnt_inodes.iter().copied().collect()).unwrap_or_default();
+    let mnt: HashSet<u64> = st
+        .map(|s| s.mnt_inodes.iter().copied().collect())
+        .unwrap_or_default();
     let (deleted, killed) = super::sweep(prefix, &mnt);
     for n in &deleted {
         progress(format!("deleted namespace {n}"));

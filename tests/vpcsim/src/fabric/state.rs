@@ -129,12 +129,14 @@ pub fn node_dirs_path(state_dir: &Path, prefix: &str) -> PathBuf {
 /// Reads the state file; `Ok(None)` if there is none.
 pub fn read(path: &Path) -> Result<Option<StateFile>, FabricError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| FabricError::Parse {
-                cmd: format!("read {}", path.display()),
-                source,
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| FabricError::Parse {
+                    cmd: format!("read {}", path.display()),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(FabricError::Io {
             ctx: format!("cannot read {}", path.display()),

@@ -1,0 +1,1505 @@
+//! The daemon: start-up, the event-driven pool manager, reconciliation and shutdown.
+//!
+//! The core ([`Core`]) is generic over two seams so that it can be unit-tested with fakes:
+//! [`Cloud`] (IMDS reads and EC2 mutations, implemented by [`RealCloud`] over the `imds`/`eni`
+//! modules) and [`Host`] (host networking, implemented by [`NetlinkHost`] over `hostnet`).
+//!
+//! Concurrency model: the datastore sits behind one `std` mutex held only for short, non-async
+//! sections (including the checkpoint write, as upstream, so the file always matches memory).
+//! One pool pass runs at a time (`pool_lock`); it is started by the periodic tick, by an ADD that
+//! found no address (immediately), and by DELs. An ADD that finds the pool empty registers as
+//! *pending* (so the pool math sizes the increase by it) and waits, bounded by
+//! `AWS_VPC_CNI_ADD_WAIT_MS`, for "addresses added".
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::Ipv4Net;
+use tokio::sync::Notify;
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::config::Config;
+use crate::datastore::{
+    Assignment, CidrKind, Datastore, DsError, EniId, EniInfo, ForcedRelease, IpamKey, PodMeta,
+};
+use crate::ec2::{self, AddressRequest};
+use crate::eni::AttachedEni;
+use crate::hostnet::{PodRule, PodRuleReport};
+use crate::imds::EniMetadata;
+use crate::pool::{self, Grow, Limits, PoolInput};
+
+/// How long reconcile leaves an ENI alone after we changed it (IMDS lags EC2; upstream skips
+/// reconciliation for 60 s after any pool action).
+pub const RECONCILE_SETTLE: Duration = Duration::from_secs(60);
+/// Addresses we unassigned are not re-added from (possibly stale) IMDS for this long.
+pub const RELEASED_COOLDOWN: Duration = Duration::from_secs(60);
+/// Period of the pool manager when nothing wakes it (upstream's tick).
+pub const POOL_TICK: Duration = Duration::from_secs(5);
+/// Leaked-ENI sweep period (upstream: 1 h plus 0–300 s jitter).
+pub const LEAKED_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
+/// Rounds of re-planning inside one pool pass (each round re-reads the datastore).
+const POOL_ROUNDS: usize = 4;
+
+/// Classification of a cloud failure, as far as the pool manager cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudErrorKind {
+    /// `InsufficientCidrBlocks` / `InsufficientFreeAddressesInSubnet` (or every subnet full).
+    InsufficientCapacity,
+    /// `PrivateIpAddressLimitExceeded`: the ENI is fuller than we think.
+    AddressLimit,
+    /// The object no longer exists.
+    NotFound,
+    /// No EC2 in this mode (IMDS-only).
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+/// A failed cloud operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CloudError {
+    /// Kind.
+    pub kind: CloudErrorKind,
+    /// Human-readable cause (names the call and the AWS code).
+    pub message: String,
+}
+
+impl CloudError {
+    /// Builds an error.
+    pub fn new(kind: CloudErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// IMDS reads and EC2 mutations the daemon needs. [`RealCloud`] is the production
+/// implementation; tests use an in-memory fake.
+pub trait Cloud: Send + Sync + 'static {
+    /// Attached ENIs as IMDS shows them (all cards; the daemon keeps card 0).
+    fn interfaces(&self) -> impl Future<Output = Result<Vec<EniMetadata>, CloudError>> + Send;
+    /// EC2's view of some ENIs (unknown IDs are dropped, not errors).
+    fn describe(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<ec2::EniInfo>, CloudError>> + Send;
+    /// Create, attach and wait for a new ENI with these addresses (rolled back on failure).
+    fn create_eni(
+        &self,
+        addresses: AddressRequest,
+    ) -> impl Future<Output = Result<AttachedEni, CloudError>> + Send;
+    /// Add `count` secondary IPs (as /32) or prefixes to an ENI; returns the new CIDRs.
+    fn assign(
+        &self,
+        eni: &str,
+        kind: CidrKind,
+        count: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv4Net>, CloudError>> + Send;
+    /// Remove secondary IPs (/32) and prefixes (/28) from an ENI.
+    fn unassign(
+        &self,
+        eni: &str,
+        cidrs: &[Ipv4Net],
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// Detach and delete an ENI.
+    fn free_eni(&self, eni: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// Whether an ENI must be left alone (`no_manage`, untagged, trunk/EFA-only).
+    fn is_unmanaged(&self, eni: &ec2::EniInfo, is_primary: bool) -> bool;
+    /// One leaked-ENI pass (two-phase: mark, then delete on the next pass).
+    fn sweep_leaked(&self) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send;
+}
+
+/// Host networking the daemon needs. Synchronous: called from blocking tasks.
+pub trait Host: Send + Sync + 'static {
+    /// Node-level set-up (primary ENI MTU, rp_filter, ip_forward, fwmark/service rules).
+    fn setup_node(&self) -> Result<(), String>;
+    /// Set up a secondary ENI (link, address, table, rule).
+    fn setup_eni(&self, eni: &EniInfo) -> Result<(), String>;
+    /// Remove a detached ENI's rules and table routes.
+    fn teardown_eni(&self, primary_ip: Ipv4Addr, table: u32) -> Result<(), String>;
+    /// Names of all links in the host namespace (restore checks pod veths).
+    fn link_names(&self) -> Result<Vec<String>, String>;
+    /// Re-apply per-pod rules (`prune` removes rules of addresses not listed).
+    fn reapply_pod_rules(&self, pods: &[PodRule], prune: bool) -> Result<PodRuleReport, String>;
+    /// Converge the SNAT/connmark iptables rules.
+    fn reconcile_iptables(&self) -> Result<(), String>;
+}
+
+/// Counters exposed for logs, introspection and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// ADDs that had to wait for the pool manager.
+    pub add_waits: AtomicUsize,
+    /// ADDs answered `Success=false` after waiting.
+    pub add_no_address: AtomicUsize,
+    /// Addresses force-removed by reconcile (upstream metric `awscni_force_removed_ips`).
+    pub force_removed: AtomicUsize,
+    /// Prefix requests that fell back to secondary IPs.
+    pub prefix_fallbacks: AtomicUsize,
+    /// Pool passes run.
+    pub pool_passes: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    last_release: Option<Instant>,
+    capacity_backoff_until: Option<Instant>,
+    changed: HashMap<EniId, Instant>,
+    released: HashMap<Ipv4Net, Instant>,
+    freed_enis: HashMap<EniId, Instant>,
+    creating: usize,
+    unmanaged: BTreeSet<EniId>,
+    last_error: Option<String>,
+}
+
+/// Identity and network facts of the node, read at start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeInfo {
+    /// `i-…`
+    pub instance_id: String,
+    /// Region.
+    pub region: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// Node primary IPv4.
+    pub node_ip: Option<Ipv4Addr>,
+    /// VPC IPv4 CIDRs.
+    pub vpc_cidrs: Vec<Ipv4Net>,
+    /// MAC of the primary ENI.
+    pub primary_mac: String,
+}
+
+/// The daemon's shared state.
+pub struct Core<C: Cloud, H: Host> {
+    /// Effective configuration.
+    pub cfg: Config,
+    /// Node facts.
+    pub node: NodeInfo,
+    /// Pool limits (instance type, max pods, unmanaged ENIs).
+    pub limits: Mutex<Limits>,
+    /// Counters.
+    pub counters: Counters,
+    ds: Mutex<Datastore>,
+    cloud: C,
+    host: Arc<H>,
+    wake_pool: Notify,
+    addrs_added: Notify,
+    pending: AtomicUsize,
+    stopping: AtomicBool,
+    ready: AtomicBool,
+    detaching: Mutex<Vec<EniId>>,
+    pool_lock: tokio::sync::Mutex<()>,
+    state: Mutex<PoolState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data here (every mutation is a single
+    // call into the datastore), so keep going rather than poisoning the daemon.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// ADD outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// Address assigned (or already held).
+    Assigned(Assignment),
+    /// No address within the wait budget (upstream: `Success=false`).
+    NoAddress,
+}
+
+/// Errors of ADD/DEL that are not "no address".
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Datastore refused (unknown pod, invalid key).
+    #[error(transparent)]
+    Ds(#[from] DsError),
+    /// The checkpoint could not be written; the change was rolled back.
+    #[error("checkpoint write failed, change rolled back: {0}")]
+    Persist(#[from] CheckpointError),
+}
+
+/// Fatal start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Checkpoint unreadable / wrong version.
+    #[error("cannot restore checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// Restore found a conflict.
+    #[error("cannot restore checkpoint: {0}")]
+    Restore(DsError),
+    /// Anything else, with context.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The datastore facts of an ENI seen in IMDS.
+pub fn eni_info_from_imds(m: &EniMetadata, custom_networking: bool) -> Option<EniInfo> {
+    Some(EniInfo {
+        id: m.eni_id.clone(),
+        mac: m.mac.clone(),
+        device_number: m.device_number,
+        is_primary: m.device_number == 0,
+        excluded: m.device_number == 0 && custom_networking,
+        trunk: false,
+        efa: false,
+        subnet: m.subnet_cidr,
+        primary_ip: m.primary_ip()?,
+    })
+}
+
+/// The CIDRs IMDS shows on an ENI (secondary IPs as /32, plus prefixes).
+pub fn imds_cidrs(m: &EniMetadata) -> BTreeSet<Ipv4Net> {
+    let mut s: BTreeSet<Ipv4Net> = m.secondary_ips().iter().map(|ip| Ipv4Net::from(*ip)).collect();
+    s.extend(m.ipv4_prefixes.iter().map(|p| p.trunc()));
+    s
+}
+
+fn ec2_cidrs(e: &ec2::EniInfo) -> BTreeSet<Ipv4Net> {
+    let mut s: BTreeSet<Ipv4Net> = e.secondary_ips.iter().map(|ip| Ipv4Net::from(*ip)).collect();
+    s.extend(e.prefixes.iter().map(|p| p.trunc()));
+    s
+}
+
+impl<C: Cloud, H: Host> Core<C, H> {
+    /// Assembles a core around an (already restored) datastore.
+    pub fn new(cfg: Config, node: NodeInfo, limits: Limits, ds: Datastore, cloud: C, host: H) -> Self {
+        Self {
+            cfg,
+            node,
+            limits: Mutex::new(limits),
+            counters: Counters::default(),
+            ds: Mutex::new(ds),
+            cloud,
+            host: Arc::new(host),
+            wake_pool: Notify::new(),
+            addrs_added: Notify::new(),
+            pending: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            detaching: Mutex::new(Vec::new()),
+            pool_lock: tokio::sync::Mutex::new(()),
+            state: Mutex::new(PoolState::default()),
+        }
+    }
+
+    /// Read access to the datastore (tests, introspection).
+    pub fn with_ds<T>(&self, f: impl FnOnce(&Datastore) -> T) -> T {
+        f(&lock(&self.ds))
+    }
+
+    /// The host seam.
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// The cloud seam.
+    pub fn cloud(&self) -> &C {
+        &self.cloud
+    }
+
+    /// ENIs we must not touch (learned at start and by reconcile).
+    pub fn set_unmanaged(&self, ids: impl IntoIterator<Item = EniId>) {
+        lock(&self.state).unmanaged.extend(ids);
+    }
+
+    /// Init done: serving.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether init is done and we are not stopping.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// SIGTERM: no more EC2 mutations; waiting ADDs give up.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake_pool.notify_waiters();
+        self.addrs_added.notify_waiters();
+    }
+
+    /// Whether we are shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// ADDs currently waiting for an address.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// The last pool-manager error, if any (introspection).
+    pub fn last_pool_error(&self) -> Option<String> {
+        lock(&self.state).last_error.clone()
+    }
+
+    fn checkpoint_path(&self) -> &Path {
+        &self.cfg.backing_store
+    }
+
+    fn state_path(&self) -> PathBuf {
+        checkpoint::sidecar_path(&self.cfg.backing_store)
+    }
+
+    fn write_checkpoint(&self, ds: &Datastore) -> Result<(), CheckpointError> {
+        checkpoint::save(self.checkpoint_path(), &ds.checkpoint())
+    }
+
+    fn write_state(&self, ds: &Datastore) -> Result<(), CheckpointError> {
+        let detaching = lock(&self.detaching).clone();
+        checkpoint::save_state(&self.state_path(), &ds.state(SystemTime::now(), &detaching))
+    }
+
+    /// Writes checkpoint and sidecar (sidecar first: a crash in between leaves at worst a
+    /// cooldown for an address the checkpoint still holds, which restore ignores).
+    pub fn persist_all(&self) -> Result<(), CheckpointError> {
+        let ds = lock(&self.ds);
+        self.write_state(&ds)?;
+        self.write_checkpoint(&ds)
+    }
+
+    fn try_assign(&self, key: &IpamKey, meta: &PodMeta) -> Result<Option<Assignment>, OpError> {
+        let mut ds = lock(&self.ds);
+        match ds.assign(key, meta.clone(), SystemTime::now()) {
+            Ok(a) if a.existing => Ok(Some(a)),
+            Ok(a) => match self.write_checkpoint(&ds) {
+                Ok(()) => Ok(Some(a)),
+                Err(e) => {
+                    ds.rollback_assign(&a);
+                    Err(e.into())
+                }
+            },
+            Err(DsError::NoAvailableAddress) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// ADD: assign an address; if none is free, wake the pool manager at once and wait (bounded)
+    /// for it instead of failing (ipam.md §13 #4).
+    pub async fn add(&self, key: &IpamKey, meta: &PodMeta) -> Result<AddOutcome, OpError> {
+        if !key.is_valid() {
+            return Err(DsError::InvalidKey(key.clone()).into());
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.add_wait;
+        let mut counted = false;
+        let result = loop {
+            let notified = self.addrs_added.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_assign(key, meta) {
+                Ok(Some(a)) => break Ok(AddOutcome::Assigned(a)),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+            if !counted {
+                counted = true;
+                self.pending.fetch_add(1, Ordering::SeqCst);
+                self.counters.add_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.is_stopping() || tokio::time::Instant::now() >= deadline {
+                self.counters.add_no_address.fetch_add(1, Ordering::Relaxed);
+                break Ok(AddOutcome::NoAddress);
+            }
+            self.wake_pool.notify_one();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // One last try: the pool may have grown just as the timer fired.
+                match self.try_assign(key, meta) {
+                    Ok(Some(a)) => break Ok(AddOutcome::Assigned(a)),
+                    Ok(None) => {
+                        self.counters.add_no_address.fetch_add(1, Ordering::Relaxed);
+                        break Ok(AddOutcome::NoAddress);
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        if counted {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Ok(AddOutcome::Assigned(a)) = &result {
+            if !a.existing {
+                tracing::info!(key = %a.key, ip = %a.addr, eni = %a.eni, pod = %format!("{}/{}", a.meta.namespace, a.meta.name), "assigned");
+            }
+            // Keep the warm pool topped up behind the pod.
+            self.wake_pool.notify_one();
+        }
+        result
+    }
+
+    /// DEL: release the address of `key` (or its legacy key) and start its cooldown.
+    pub fn del(&self, key: &IpamKey) -> Result<Assignment, OpError> {
+        let mut ds = lock(&self.ds);
+        let released = ds.release(key, SystemTime::now())?;
+        let persisted = self.write_state(&ds).and_then(|()| self.write_checkpoint(&ds));
+        if let Err(e) = persisted {
+            ds.rollback_release(&released);
+            // Best effort: put the files back in line with memory.
+            let _ = self.write_state(&ds);
+            return Err(e.into());
+        }
+        drop(ds);
+        let a = released.assignment;
+        tracing::info!(key = %a.key, ip = %a.addr, "released");
+        self.wake_pool.notify_one();
+        Ok(a)
+    }
+
+    /// CHECK helper: the address a key holds.
+    pub fn lookup(&self, key: &IpamKey) -> Option<Assignment> {
+        let ds = lock(&self.ds);
+        ds.lookup(key).or_else(|| ds.lookup(&IpamKey::legacy(&key.container_id)))
+    }
+
+    /// CNI GC: release every allocation of `network` whose (container, ifname) is not valid.
+    pub fn gc(&self, network: &str, valid: &HashSet<(String, String)>) -> Vec<Assignment> {
+        let victims: Vec<IpamKey> = lock(&self.ds)
+            .assignments()
+            .into_iter()
+            .filter(|a| a.key.network_name == network)
+            .filter(|a| !valid.contains(&(a.key.container_id.clone(), a.key.if_name.clone())))
+            .map(|a| a.key)
+            .collect();
+        let mut out = Vec::new();
+        for k in victims {
+            match self.del(&k) {
+                Ok(a) => out.push(a),
+                Err(e) => tracing::warn!(key = %k, error = %e, "GC release failed"),
+            }
+        }
+        out
+    }
+
+    fn input_limits(&self) -> Limits {
+        *lock(&self.limits)
+    }
+
+    fn note_error(&self, e: &str) {
+        tracing::warn!(error = e, "pool manager");
+        lock(&self.state).last_error = Some(e.to_owned());
+    }
+
+    /// Adds CIDRs EC2 confirmed on an ENI to the datastore and wakes waiting ADDs.
+    fn add_cidrs(&self, eni: &str, cidrs: &[Ipv4Net]) {
+        {
+            let mut ds = lock(&self.ds);
+            for c in cidrs {
+                if let Err(e) = ds.add_cidr(eni, *c) {
+                    tracing::warn!(eni, cidr = %c, error = %e, "cannot add CIDR");
+                }
+            }
+        }
+        lock(&self.state).changed.insert(eni.to_owned(), Instant::now());
+        self.addrs_added.notify_waiters();
+    }
+
+    async fn grow_existing(&self, eni: &str, count: u32, kind: CidrKind) -> Result<(), CloudError> {
+        let res = self.cloud.assign(eni, kind, count).await;
+        let res = match res {
+            Err(e) if e.kind == CloudErrorKind::InsufficientCapacity && kind == CidrKind::Prefix => {
+                // No free aligned /28 in the subnet: take secondary IPs instead (ipam.md §14).
+                let slots = self.with_ds(|ds| ds.eni_cidrs(eni).len());
+                let g = Grow::Existing {
+                    eni: eni.to_owned(),
+                    count,
+                    kind,
+                };
+                match pool::fallback_to_ips(&g, slots, &self.input_limits()) {
+                    Some(fb) => {
+                        self.counters.prefix_fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(eni, prefixes = count, ips = fb.count(), "no free /28 in the subnet; falling back to secondary IPs");
+                        self.cloud.assign(eni, CidrKind::SecondaryIp, fb.count()).await
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) if e.kind == CloudErrorKind::AddressLimit => {
+                // The ENI holds more than we know: take what EC2 says is there.
+                let seen = self.cloud.describe(&[eni.to_owned()]).await?;
+                Ok(seen.iter().filter(|x| x.eni_id == eni).flat_map(ec2_cidrs).collect())
+            }
+            Err(e) if e.kind == CloudErrorKind::Other && count > 1 => {
+                // Upstream retries once with a single address on any other error.
+                tracing::info!(eni, error = %e, "assign failed; retrying with 1");
+                self.cloud.assign(eni, kind, 1).await
+            }
+            other => other,
+        };
+        let cidrs = res?;
+        self.add_cidrs(eni, &cidrs);
+        Ok(())
+    }
+
+    async fn grow_new(&self, count: u32, kind: CidrKind) -> Result<(), CloudError> {
+        lock(&self.state).creating += 1;
+        let res = self.grow_new_inner(count, kind).await;
+        lock(&self.state).creating -= 1;
+        res
+    }
+
+    async fn grow_new_inner(&self, count: u32, kind: CidrKind) -> Result<(), CloudError> {
+        let req = match kind {
+            CidrKind::Prefix => AddressRequest::Prefixes(count),
+            CidrKind::SecondaryIp => AddressRequest::Ips(count),
+        };
+        let attached = match self.cloud.create_eni(req).await {
+            Err(e) if e.kind == CloudErrorKind::InsufficientCapacity && kind == CidrKind::Prefix => {
+                let g = Grow::NewEni { count, kind };
+                let Some(fb) = pool::fallback_to_ips(&g, 0, &self.input_limits()) else {
+                    return Err(e);
+                };
+                self.counters.prefix_fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(prefixes = count, ips = fb.count(), "no free /28 for a new ENI; falling back to secondary IPs");
+                self.cloud.create_eni(AddressRequest::Ips(fb.count())).await?
+            }
+            other => other?,
+        };
+        let Some(primary_ip) = attached.info.primary_ip.or(attached.metadata.primary_ip()) else {
+            return Err(CloudError::new(CloudErrorKind::Other, format!("new ENI {} has no primary IP", attached.info.eni_id)));
+        };
+        let info = EniInfo {
+            id: attached.info.eni_id.clone(),
+            mac: attached.info.mac.clone(),
+            device_number: attached.device_index,
+            is_primary: false,
+            excluded: false,
+            trunk: false,
+            efa: false,
+            subnet: attached.metadata.subnet_cidr,
+            primary_ip,
+        };
+        let host = self.host.clone();
+        let hinfo = info.clone();
+        let setup = tokio::task::spawn_blocking(move || host.setup_eni(&hinfo))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        if let Err(e) = setup {
+            // Roll back: an ENI we cannot route through is useless and would leak.
+            let _ = self.cloud.free_eni(&info.id).await;
+            return Err(CloudError::new(CloudErrorKind::Other, format!("host set-up of ENI {} failed: {e}", info.id)));
+        }
+        tracing::info!(eni = %info.id, device = info.device_number, cidrs = ec2_cidrs(&attached.info).len(), "ENI attached and set up");
+        lock(&self.ds).add_eni(info.clone(), SystemTime::now());
+        let cidrs: Vec<Ipv4Net> = ec2_cidrs(&attached.info).into_iter().collect();
+        self.add_cidrs(&info.id, &cidrs);
+        Ok(())
+    }
+
+    async fn release_cidrs(&self, list: Vec<pool::ReleaseCidr>) {
+        let mut by_eni: HashMap<EniId, Vec<Ipv4Net>> = HashMap::new();
+        {
+            let mut ds = lock(&self.ds);
+            for r in list {
+                match ds.remove_cidr(&r.eni, r.cidr, false, SystemTime::now()) {
+                    Ok(_) => by_eni.entry(r.eni).or_default().push(r.cidr),
+                    Err(e) => tracing::debug!(cidr = %r.cidr, error = %e, "not released"),
+                }
+            }
+        }
+        for (eni, cidrs) in by_eni {
+            {
+                let mut st = lock(&self.state);
+                let now = Instant::now();
+                for c in &cidrs {
+                    st.released.insert(*c, now);
+                }
+                st.changed.insert(eni.clone(), now);
+            }
+            match self.cloud.unassign(&eni, &cidrs).await {
+                Ok(()) => tracing::info!(eni = %eni, count = cidrs.len(), "released addresses to EC2"),
+                Err(e) => {
+                    self.note_error(&format!("unassign from {eni}: {e}"));
+                    // Still on the ENI: make them usable again.
+                    self.add_cidrs(&eni, &cidrs);
+                }
+            }
+        }
+    }
+
+    async fn delete_eni(&self, id: &str) {
+        let info = {
+            let mut ds = lock(&self.ds);
+            let Some(info) = ds.eni(id).cloned() else { return };
+            if let Err(e) = ds.remove_eni(id, false, SystemTime::now()) {
+                tracing::debug!(eni = id, error = %e, "not deleted");
+                return;
+            }
+            info
+        };
+        lock(&self.detaching).push(id.to_owned());
+        // Record "detaching X" before detaching (ipam.md §13 #17): a crash mid-way is finished
+        // on the next start instead of leaking an `available` ENI.
+        if let Err(e) = self.persist_all() {
+            tracing::warn!(error = %e, "cannot persist detaching state");
+        }
+        {
+            let mut st = lock(&self.state);
+            st.freed_enis.insert(id.to_owned(), Instant::now());
+        }
+        match self.cloud.free_eni(id).await {
+            Ok(()) => {
+                tracing::info!(eni = id, "ENI freed");
+                lock(&self.detaching).retain(|d| d != id);
+                if let Err(e) = self.persist_all() {
+                    tracing::warn!(error = %e, "cannot persist state");
+                }
+            }
+            Err(e) => self.note_error(&format!("free ENI {id}: {e}")),
+        }
+        let host = self.host.clone();
+        let (ip, table) = (info.primary_ip, info.route_table());
+        let _ = tokio::task::spawn_blocking(move || host.teardown_eni(ip, table)).await;
+    }
+
+    /// Finishes detaches a previous process started (from the sidecar state).
+    pub async fn finish_detaching(&self, ids: Vec<EniId>) {
+        if ids.is_empty() {
+            return;
+        }
+        *lock(&self.detaching) = ids.clone();
+        for id in ids {
+            if self.cfg.disable_network_resource_provisioning {
+                break;
+            }
+            match self.cloud.free_eni(&id).await {
+                Ok(()) => {
+                    tracing::info!(eni = %id, "finished freeing ENI from a previous run");
+                    lock(&self.detaching).retain(|d| *d != id);
+                }
+                Err(e) => tracing::warn!(eni = %id, error = %e, "cannot finish freeing ENI"),
+            }
+        }
+        if let Err(e) = self.persist_all() {
+            tracing::warn!(error = %e, "cannot persist state");
+        }
+    }
+
+    /// One pool pass: plan with `pool::decide` and execute, re-planning until nothing is left to
+    /// grow (bounded). Deficits first, releases only when not growing.
+    pub async fn pool_pass(&self) {
+        if self.cfg.disable_network_resource_provisioning {
+            return;
+        }
+        let _g = self.pool_lock.lock().await;
+        self.counters.pool_passes.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..POOL_ROUNDS {
+            if self.is_stopping() {
+                return;
+            }
+            let limits = self.input_limits();
+            let (gate_open, backoff) = {
+                let st = lock(&self.state);
+                let gate = st
+                    .last_release
+                    .is_none_or(|t| t.elapsed() >= pool::DECREASE_INTERVAL);
+                let backoff = st.capacity_backoff_until.is_some_and(|t| Instant::now() < t);
+                (gate, backoff)
+            };
+            let decision = {
+                let ds = lock(&self.ds);
+                let stats = ds.stats(SystemTime::now());
+                let input = PoolInput {
+                    stats: &stats,
+                    targets: &self.cfg.pool,
+                    limits: &limits,
+                    pending: self.pending(),
+                };
+                pool::decide(&input, gate_open)
+            };
+            if !decision.grow.is_empty() {
+                if backoff {
+                    tracing::debug!("pool low, but in insufficient-capacity back-off");
+                    return;
+                }
+                tracing::info!(plan = ?decision.grow, pending = self.pending(), "growing pool");
+                // Existing ENIs and all new ENIs in parallel: attach the next ENI while the
+                // previous one waits for IMDS (ipam.md §13 #5).
+                let futs = decision.grow.iter().map(|g| async move {
+                    match g {
+                        Grow::Existing { eni, count, kind } => self.grow_existing(eni, *count, *kind).await,
+                        Grow::NewEni { count, kind } => self.grow_new(*count, *kind).await,
+                    }
+                });
+                let results = futures::future::join_all(futs).await;
+                let mut progressed = false;
+                for r in results {
+                    match r {
+                        Ok(()) => progressed = true,
+                        Err(e) => {
+                            if e.kind == CloudErrorKind::InsufficientCapacity {
+                                lock(&self.state).capacity_backoff_until =
+                                    Some(Instant::now() + pool::INSUFFICIENT_CAPACITY_BACKOFF);
+                            }
+                            self.note_error(&e.message);
+                        }
+                    }
+                }
+                if !progressed {
+                    return;
+                }
+                continue;
+            }
+            if self.pending() > 0 {
+                return;
+            }
+            if !decision.release.is_empty() {
+                lock(&self.state).last_release = Some(Instant::now());
+                self.release_cidrs(decision.release).await;
+            }
+            for id in decision.delete_enis {
+                if self.is_stopping() {
+                    return;
+                }
+                self.delete_eni(&id).await;
+            }
+            return;
+        }
+    }
+
+    /// The pool manager: runs a pass when woken (ADD/DEL) or every [`POOL_TICK`], until stopped.
+    pub async fn pool_manager(self: Arc<Self>) {
+        loop {
+            if self.is_stopping() {
+                return;
+            }
+            self.pool_pass().await;
+            let _ = tokio::time::timeout(POOL_TICK, self.wake_pool.notified()).await;
+        }
+    }
+
+    /// Reconciles the datastore with IMDS (EC2 confirms mismatches), then re-applies per-pod
+    /// rules. Returns pods whose address vanished underneath them.
+    pub async fn reconcile(&self) -> Vec<ForcedRelease> {
+        let mut forced = Vec::new();
+        let imds = match self.cloud.interfaces().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile: cannot read IMDS");
+                return forced;
+            }
+        };
+        let imds: Vec<EniMetadata> = imds.into_iter().filter(|m| m.network_card == 0).collect();
+        let now = Instant::now();
+        let (creating, unmanaged, settle, released, freed) = {
+            let mut st = lock(&self.state);
+            st.changed.retain(|_, t| now.duration_since(*t) < RECONCILE_SETTLE);
+            st.released.retain(|_, t| now.duration_since(*t) < RELEASED_COOLDOWN);
+            st.freed_enis.retain(|_, t| now.duration_since(*t) < RELEASED_COOLDOWN);
+            (
+                st.creating,
+                st.unmanaged.clone(),
+                st.changed.keys().cloned().collect::<HashSet<_>>(),
+                st.released.keys().copied().collect::<HashSet<_>>(),
+                st.freed_enis.keys().cloned().collect::<HashSet<_>>(),
+            )
+        };
+        let known: HashSet<EniId> = self.with_ds(|ds| ds.enis().map(|e| e.id.clone()).collect());
+        let imds_ids: HashSet<&str> = imds.iter().map(|m| m.eni_id.as_str()).collect();
+        let ec2_ok = !self.cfg.enable_imds_only_mode;
+
+        // New ENIs attached behind our back (or by a previous run).
+        let new: Vec<&EniMetadata> = imds
+            .iter()
+            .filter(|m| !known.contains(&m.eni_id) && !unmanaged.contains(&m.eni_id) && !freed.contains(&m.eni_id))
+            .collect();
+        if !new.is_empty() && creating == 0 {
+            let ids: Vec<String> = new.iter().map(|m| m.eni_id.clone()).collect();
+            let described = if ec2_ok { self.cloud.describe(&ids).await.ok() } else { None };
+            for m in new {
+                let d = described.as_ref().and_then(|v| v.iter().find(|e| e.eni_id == m.eni_id));
+                if let Some(d) = d
+                    && self.cloud.is_unmanaged(d, m.device_number == 0)
+                {
+                    self.set_unmanaged([m.eni_id.clone()]);
+                    continue;
+                }
+                if ec2_ok && d.is_none() {
+                    continue;
+                }
+                let Some(info) = eni_info_from_imds(m, self.cfg.custom_network_cfg) else { continue };
+                let host = self.host.clone();
+                let hinfo = info.clone();
+                if !info.is_primary {
+                    let r = tokio::task::spawn_blocking(move || host.setup_eni(&hinfo)).await;
+                    if !matches!(r, Ok(Ok(()))) {
+                        tracing::warn!(eni = %info.id, "reconcile: host set-up of new ENI failed");
+                        continue;
+                    }
+                }
+                let cidrs: Vec<Ipv4Net> = match d {
+                    Some(d) => ec2_cidrs(d).into_iter().collect(),
+                    None => imds_cidrs(m).into_iter().collect(),
+                };
+                tracing::info!(eni = %info.id, cidrs = cidrs.len(), "reconcile: adopting attached ENI");
+                lock(&self.ds).add_eni(info.clone(), SystemTime::now());
+                self.add_cidrs(&info.id, &cidrs);
+            }
+        }
+
+        // Known ENIs: compare address sets.
+        for m in imds.iter().filter(|m| known.contains(&m.eni_id) && !settle.contains(&m.eni_id)) {
+            let have: BTreeSet<Ipv4Net> = self.with_ds(|ds| ds.eni_cidrs(&m.eni_id).into_iter().collect());
+            let seen = imds_cidrs(m);
+            if have == seen {
+                continue;
+            }
+            let truth = if ec2_ok {
+                match self.cloud.describe(&[m.eni_id.clone()]).await {
+                    Ok(v) => match v.iter().find(|e| e.eni_id == m.eni_id) {
+                        Some(e) => ec2_cidrs(e),
+                        None => continue,
+                    },
+                    Err(e) => {
+                        tracing::debug!(eni = %m.eni_id, error = %e, "reconcile: EC2 describe failed");
+                        continue;
+                    }
+                }
+            } else {
+                seen
+            };
+            let add: Vec<Ipv4Net> = truth
+                .difference(&have)
+                .filter(|c| !released.contains(c))
+                .copied()
+                .collect();
+            if !add.is_empty() {
+                tracing::info!(eni = %m.eni_id, count = add.len(), "reconcile: adding addresses found on the ENI");
+                self.add_cidrs(&m.eni_id, &add);
+            }
+            let gone: Vec<Ipv4Net> = have.difference(&truth).copied().collect();
+            if !gone.is_empty() {
+                let mut ds = lock(&self.ds);
+                for c in gone {
+                    match ds.remove_cidr(&m.eni_id, c, true, SystemTime::now()) {
+                        Ok(f) => forced.extend(f),
+                        Err(e) => tracing::debug!(cidr = %c, error = %e, "reconcile: remove failed"),
+                    }
+                    tracing::warn!(eni = %m.eni_id, cidr = %c, "reconcile: address removed behind our back");
+                }
+            }
+        }
+
+        // ENIs no longer attached.
+        for id in known.iter().filter(|id| !imds_ids.contains(id.as_str())) {
+            let Some(info) = self.with_ds(|ds| ds.eni(id).cloned()) else { continue };
+            if info.is_primary || settle.contains(id) {
+                continue;
+            }
+            tracing::warn!(eni = %id, "reconcile: ENI no longer attached; removing it");
+            let f = lock(&self.ds).remove_eni(id, true, SystemTime::now());
+            if let Ok(f) = f {
+                forced.extend(f);
+            }
+            let host = self.host.clone();
+            let _ = tokio::task::spawn_blocking(move || host.teardown_eni(info.primary_ip, info.route_table())).await;
+        }
+
+        if !forced.is_empty() {
+            self.counters.force_removed.fetch_add(forced.len(), Ordering::Relaxed);
+            for f in &forced {
+                tracing::warn!(key = %f.key, ip = %f.addr, pod = %format!("{}/{}", f.meta.namespace, f.meta.name), "pod lost its address (force-removed)");
+            }
+            if let Err(e) = self.persist_all() {
+                tracing::warn!(error = %e, "cannot persist after reconcile");
+            }
+        }
+        self.repair_pod_rules(false).await;
+        forced
+    }
+
+    /// Re-applies per-pod rules for every assignment (`prune` only when no ADD can be between
+    /// datastore and plugin, i.e. at start-up).
+    pub async fn repair_pod_rules(&self, prune: bool) {
+        let pods: Vec<PodRule> = self.with_ds(|ds| {
+            ds.assignments()
+                .into_iter()
+                .map(|a| PodRule {
+                    ip: a.addr,
+                    table: a.route_table,
+                })
+                .collect()
+        });
+        let host = self.host.clone();
+        match tokio::task::spawn_blocking(move || host.reapply_pod_rules(&pods, prune)).await {
+            Ok(Ok(rep)) => {
+                for r in &rep.added {
+                    tracing::warn!(rule = %r, "re-applied missing pod rule");
+                }
+                for r in &rep.removed {
+                    tracing::info!(rule = %r, "removed stale pod rule");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot repair pod rules"),
+            Err(e) => tracing::warn!(error = %e, "pod-rule task failed"),
+        }
+    }
+
+    /// Periodic reconcile (with jitter on the first run) and the hourly leaked-ENI sweep.
+    pub async fn reconcile_loop(self: Arc<Self>) {
+        let mut last_sweep = Instant::now();
+        let sweep_delay = Duration::from_secs(rand::random_range(0..300));
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::time::sleep(self.cfg.reconcile_interval).await;
+            if self.is_stopping() {
+                return;
+            }
+            self.reconcile().await;
+            ticks += 1;
+            // iptables rules: every ~60 s (iptables-save is not free).
+            if ticks % (60 / self.cfg.reconcile_interval.as_secs().clamp(1, 60)).max(1) == 0 {
+                let host = self.host.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || host.reconcile_iptables()).await {
+                    tracing::warn!(error = %e, "iptables reconcile failed");
+                }
+            }
+            if !self.cfg.disable_leaked_eni_cleanup
+                && last_sweep.elapsed() >= LEAKED_SWEEP_PERIOD + sweep_delay
+                && !self.is_stopping()
+            {
+                last_sweep = Instant::now();
+                match self.cloud.sweep_leaked().await {
+                    Ok(deleted) if !deleted.is_empty() => tracing::info!(?deleted, "deleted leaked ENIs"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "leaked-ENI sweep failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Builds the datastore from IMDS at start-up: managed card-0 ENIs and their CIDRs (EC2's view
+/// when available, since IMDS can lag).
+pub fn build_datastore(
+    cfg: &Config,
+    interfaces: &[EniMetadata],
+    described: Option<&[ec2::EniInfo]>,
+    unmanaged: &BTreeSet<EniId>,
+) -> Datastore {
+    let mut ds = Datastore::new(cfg.pool.prefix_delegation, cfg.ip_cooldown);
+    let now = SystemTime::now();
+    for m in interfaces.iter().filter(|m| m.network_card == 0) {
+        if unmanaged.contains(&m.eni_id) {
+            continue;
+        }
+        let Some(info) = eni_info_from_imds(m, cfg.custom_network_cfg) else {
+            tracing::warn!(eni = %m.eni_id, "ENI without a primary IP in IMDS; skipped");
+            continue;
+        };
+        let cidrs = match described.and_then(|d| d.iter().find(|e| e.eni_id == m.eni_id)) {
+            Some(e) => ec2_cidrs(e),
+            None => imds_cidrs(m),
+        };
+        ds.add_eni(info, now);
+        for c in cidrs {
+            if let Err(e) = ds.add_cidr(&m.eni_id, c) {
+                tracing::warn!(eni = %m.eni_id, cidr = %c, error = %e, "skipped CIDR");
+            }
+        }
+    }
+    ds
+}
+
+/// Restores the checkpoint into `core`'s datastore and rewrites both files. Fatal errors are
+/// upstream's: unreadable file, wrong version, duplicate address.
+pub async fn restore<C: Cloud, H: Host>(core: &Core<C, H>) -> Result<Vec<EniId>, StartError> {
+    let cp = checkpoint::load(core.checkpoint_path())?;
+    let state = match checkpoint::load_state(&core.state_path()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring unreadable cooldown state; cooldowns restart");
+            None
+        }
+    };
+    let host = core.host.clone();
+    let links = tokio::task::spawn_blocking(move || host.link_names())
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?
+        .map_err(|e| StartError::Other(format!("cannot list host links: {e}")))?;
+    if let Some(cp) = &cp {
+        let report = {
+            let mut ds = lock(&core.ds);
+            ds.restore(
+                cp,
+                state.as_ref(),
+                &|m: &PodMeta| checkpoint::pod_has_veth(&m.namespace, &m.name, &links),
+                SystemTime::now(),
+            )
+            .map_err(StartError::Restore)?
+        };
+        tracing::info!(
+            restored = report.restored.len(),
+            pod_gone = report.dropped_pod_gone.len(),
+            unknown_address = report.dropped_unknown_addr.len(),
+            cooling = report.cooling,
+            "checkpoint restored"
+        );
+        for a in &report.dropped_pod_gone {
+            tracing::info!(ip = %a.ipv4, pod = %format!("{}/{}", a.metadata.k8s_pod_namespace, a.metadata.k8s_pod_name), "dropped allocation: pod veth gone");
+        }
+        for a in &report.dropped_unknown_addr {
+            tracing::warn!(ip = %a.ipv4, container = %a.container_id, "dropped allocation: address on no known ENI");
+        }
+    } else {
+        tracing::info!(path = %core.checkpoint_path().display(), "no checkpoint: fresh node");
+    }
+    core.persist_all()?;
+    Ok(state.map(|s| s.detaching_enis).unwrap_or_default())
+}
+
+/// Writes the max-pods value (with a newline) atomically.
+pub fn write_max_pods(path: &Path, value: u32) -> Result<(), CheckpointError> {
+    checkpoint::write_atomic(path, format!("{value}\n").as_bytes())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ec2::EniAttachment;
+    use std::sync::atomic::AtomicU32;
+
+    /// In-memory EC2 + IMDS: one subnet 10.0.0.0/16, ENIs get consecutive addresses.
+    #[derive(Default)]
+    pub struct FakeCloud {
+        pub enis: Mutex<Vec<ec2::EniInfo>>,
+        pub next: AtomicU32,
+        pub calls: Mutex<Vec<String>>,
+        pub fail_prefix: AtomicBool,
+        pub create_delay: Mutex<Duration>,
+    }
+
+    impl FakeCloud {
+        pub fn with_primary(n_ips: usize) -> Self {
+            let c = FakeCloud {
+                next: AtomicU32::new(u32::from(Ipv4Addr::new(10, 0, 1, 0))),
+                ..Default::default()
+            };
+            let primary = c.alloc(1)[0];
+            let ips = c.alloc(n_ips);
+            c.enis.lock().unwrap().push(ec2::EniInfo {
+                eni_id: "eni-0".into(),
+                mac: "02:00:00:00:00:00".into(),
+                description: String::new(),
+                status: "in-use".into(),
+                interface_type: "interface".into(),
+                subnet_id: "subnet-1".into(),
+                vpc_id: "vpc-1".into(),
+                primary_ip: Some(primary),
+                secondary_ips: ips,
+                prefixes: vec![],
+                attachment: Some(EniAttachment {
+                    attachment_id: "eni-attach-0".into(),
+                    instance_id: Some("i-1".into()),
+                    device_index: 0,
+                    network_card: 0,
+                    status: "attached".into(),
+                    delete_on_termination: true,
+                }),
+                tags: Default::default(),
+                security_groups: vec![],
+            });
+            c
+        }
+        fn alloc(&self, n: usize) -> Vec<Ipv4Addr> {
+            (0..n).map(|_| Ipv4Addr::from(self.next.fetch_add(1, Ordering::SeqCst))).collect()
+        }
+        fn alloc_prefix(&self) -> Ipv4Net {
+            let cur = self.next.load(Ordering::SeqCst);
+            let aligned = (cur + 15) & !15;
+            self.next.store(aligned + 16, Ordering::SeqCst);
+            Ipv4Net::new(Ipv4Addr::from(aligned), 28).unwrap()
+        }
+        fn call(&self, s: String) {
+            self.calls.lock().unwrap().push(s);
+        }
+        pub fn count(&self, prefix: &str) -> usize {
+            self.calls.lock().unwrap().iter().filter(|c| c.starts_with(prefix)).count()
+        }
+        pub fn metadata(e: &ec2::EniInfo) -> EniMetadata {
+            let mut ips = vec![e.primary_ip.unwrap()];
+            ips.extend(e.secondary_ips.iter().copied());
+            EniMetadata {
+                mac: e.mac.clone(),
+                device_number: e.attachment.as_ref().map(|a| a.device_index).unwrap_or(0),
+                network_card: 0,
+                eni_id: e.eni_id.clone(),
+                subnet_id: e.subnet_id.clone(),
+                subnet_cidr: "10.0.0.0/16".parse().unwrap(),
+                vpc_id: Some("vpc-1".into()),
+                vpc_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+                local_ipv4s: ips,
+                ipv4_prefixes: e.prefixes.clone(),
+                security_groups: vec![],
+            }
+        }
+    }
+
+    impl Cloud for FakeCloud {
+        async fn interfaces(&self) -> Result<Vec<EniMetadata>, CloudError> {
+            Ok(self.enis.lock().unwrap().iter().map(Self::metadata).collect())
+        }
+        async fn describe(&self, ids: &[String]) -> Result<Vec<ec2::EniInfo>, CloudError> {
+            self.call(format!("describe {ids:?}"));
+            Ok(self.enis.lock().unwrap().iter().filter(|e| ids.contains(&e.eni_id)).cloned().collect())
+        }
+        async fn create_eni(&self, addresses: AddressRequest) -> Result<AttachedEni, CloudError> {
+            self.call(format!("create {addresses:?}"));
+            let delay = *self.create_delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            if matches!(addresses, AddressRequest::Prefixes(_)) && self.fail_prefix.load(Ordering::SeqCst) {
+                return Err(CloudError::new(CloudErrorKind::InsufficientCapacity, "InsufficientCidrBlocks"));
+            }
+            let mut enis = self.enis.lock().unwrap();
+            let dev = (0..).find(|d| !enis.iter().any(|e| e.attachment.as_ref().unwrap().device_index == *d)).unwrap();
+            let primary = self.alloc(1)[0];
+            let (ips, prefixes) = match addresses {
+                AddressRequest::Ips(n) => (self.alloc(n as usize), vec![]),
+                AddressRequest::Prefixes(n) => (vec![], (0..n).map(|_| self.alloc_prefix()).collect()),
+                AddressRequest::None => (vec![], vec![]),
+            };
+            let info = ec2::EniInfo {
+                eni_id: format!("eni-{dev}"),
+                mac: format!("02:00:00:00:00:{dev:02x}"),
+                description: "aws-K8S-i-1".into(),
+                status: "in-use".into(),
+                interface_type: "interface".into(),
+                subnet_id: "subnet-1".into(),
+                vpc_id: "vpc-1".into(),
+                primary_ip: Some(primary),
+                secondary_ips: ips,
+                prefixes,
+                attachment: Some(EniAttachment {
+                    attachment_id: format!("eni-attach-{dev}"),
+                    instance_id: Some("i-1".into()),
+                    device_index: dev,
+                    network_card: 0,
+                    status: "attached".into(),
+                    delete_on_termination: true,
+                }),
+                tags: Default::default(),
+                security_groups: vec![],
+            };
+            enis.push(info.clone());
+            Ok(AttachedEni {
+                metadata: Self::metadata(&info),
+                attachment_id: format!("eni-attach-{dev}"),
+                device_index: dev,
+                network_card: 0,
+                info,
+            })
+        }
+        async fn assign(&self, eni: &str, kind: CidrKind, count: u32) -> Result<Vec<Ipv4Net>, CloudError> {
+            self.call(format!("assign {eni} {kind:?} {count}"));
+            if kind == CidrKind::Prefix && self.fail_prefix.load(Ordering::SeqCst) {
+                return Err(CloudError::new(CloudErrorKind::InsufficientCapacity, "InsufficientCidrBlocks"));
+            }
+            let mut enis = self.enis.lock().unwrap();
+            let e = enis.iter_mut().find(|e| e.eni_id == eni).ok_or_else(|| CloudError::new(CloudErrorKind::NotFound, eni))?;
+            let mut out = Vec::new();
+            for _ in 0..count {
+                if kind == CidrKind::Prefix {
+                    let p = self.alloc_prefix();
+                    e.prefixes.push(p);
+                    out.push(p);
+                } else {
+                    let ip = self.alloc(1)[0];
+                    e.secondary_ips.push(ip);
+                    out.push(Ipv4Net::from(ip));
+                }
+            }
+            Ok(out)
+        }
+        async fn unassign(&self, eni: &str, cidrs: &[Ipv4Net]) -> Result<(), CloudError> {
+            self.call(format!("unassign {eni} {}", cidrs.len()));
+            let mut enis = self.enis.lock().unwrap();
+            if let Some(e) = enis.iter_mut().find(|e| e.eni_id == eni) {
+                e.secondary_ips.retain(|ip| !cidrs.contains(&Ipv4Net::from(*ip)));
+                e.prefixes.retain(|p| !cidrs.contains(p));
+            }
+            Ok(())
+        }
+        async fn free_eni(&self, eni: &str) -> Result<(), CloudError> {
+            self.call(format!("free {eni}"));
+            self.enis.lock().unwrap().retain(|e| e.eni_id != eni);
+            Ok(())
+        }
+        fn is_unmanaged(&self, eni: &ec2::EniInfo, _is_primary: bool) -> bool {
+            eni.tags.get("node.k8s.amazonaws.com/no_manage").is_some_and(|v| v == "true")
+        }
+        async fn sweep_leaked(&self) -> Result<Vec<String>, CloudError> {
+            Ok(vec![])
+        }
+    }
+
+    /// Records host calls; keeps a fake rule set for pod rules.
+    #[derive(Default)]
+    pub struct FakeHost {
+        pub calls: Mutex<Vec<String>>,
+        pub links: Mutex<Vec<String>>,
+        pub pod_rules: Mutex<BTreeSet<PodRule>>,
+    }
+
+    impl Host for FakeHost {
+        fn setup_node(&self) -> Result<(), String> {
+            self.calls.lock().unwrap().push("setup_node".into());
+            Ok(())
+        }
+        fn setup_eni(&self, eni: &EniInfo) -> Result<(), String> {
+            self.calls.lock().unwrap().push(format!("setup_eni {}", eni.id));
+            Ok(())
+        }
+        fn teardown_eni(&self, ip: Ipv4Addr, table: u32) -> Result<(), String> {
+            self.calls.lock().unwrap().push(format!("teardown {ip} {table}"));
+            Ok(())
+        }
+        fn link_names(&self) -> Result<Vec<String>, String> {
+            Ok(self.links.lock().unwrap().clone())
+        }
+        fn reapply_pod_rules(&self, pods: &[PodRule], prune: bool) -> Result<PodRuleReport, String> {
+            let mut have = self.pod_rules.lock().unwrap();
+            let mut rep = PodRuleReport::default();
+            for p in pods {
+                if have.insert(*p) {
+                    rep.added.push(p.ip.to_string());
+                }
+            }
+            if prune {
+                let want: BTreeSet<PodRule> = pods.iter().copied().collect();
+                have.retain(|p| {
+                    let keep = want.contains(p);
+                    if !keep {
+                        rep.removed.push(p.ip.to_string());
+                    }
+                    keep
+                });
+            }
+            Ok(rep)
+        }
+        fn reconcile_iptables(&self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    pub const M5_LARGE: Limits = Limits { ipv4_per_eni: 10, max_enis: 3, max_pods: 29, unmanaged_enis: 0, trunk_reserve: 0 };
+
+    pub fn cfg(dir: &Path, vars: &[(&str, &str)]) -> Config {
+        let mut m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        m.insert("AWS_VPC_K8S_CNI_BACKING_STORE".into(), dir.join("ipam.json").display().to_string());
+        m.entry("AWS_VPC_CNI_ADD_WAIT_MS".into()).or_insert_with(|| "3000".into());
+        Config::from_lookup(&move |k| m.get(k).cloned()).unwrap().0
+    }
+
+    pub async fn core(dir: &Path, vars: &[(&str, &str)], cloud: FakeCloud) -> Arc<Core<FakeCloud, FakeHost>> {
+        let cfg = cfg(dir, vars);
+        let imds = cloud.interfaces().await.unwrap();
+        let described = cloud.enis.lock().unwrap().clone();
+        let ds = build_datastore(&cfg, &imds, Some(&described), &BTreeSet::new());
+        let node = NodeInfo {
+            instance_id: "i-1".into(),
+            region: "us-west-2".into(),
+            instance_type: "m5.large".into(),
+            node_ip: imds[0].primary_ip(),
+            vpc_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            primary_mac: imds[0].mac.clone(),
+        };
+        let c = Arc::new(Core::new(cfg, node, M5_LARGE, ds, cloud, FakeHost::default()));
+        restore(&c).await.unwrap();
+        c
+    }
+
+    fn key(c: &str) -> IpamKey {
+        IpamKey::new("aws-cni", c, "eth0")
+    }
+    fn meta(n: &str) -> PodMeta {
+        PodMeta { namespace: "default".into(), name: n.into(), interfaces_count: 1 }
+    }
+
+    #[tokio::test]
+    async fn initial_fill_grows_to_target_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[], FakeCloud::with_primary(0)).await;
+        c.pool_pass().await;
+        let s = c.with_ds(|ds| ds.stats(SystemTime::now()));
+        assert_eq!((s.enis.len(), s.total()), (1, 9));
+        // One pod: the primary is "low" → a new ENI with 9, in the same pass as the ADD wake.
+        let a = c.add(&key("c1"), &meta("p1")).await.unwrap();
+        assert!(matches!(a, AddOutcome::Assigned(_)));
+        c.pool_pass().await;
+        let s = c.with_ds(|ds| ds.stats(SystemTime::now()));
+        assert_eq!((s.enis.len(), s.total(), s.assigned()), (2, 18, 1));
+        assert_eq!(c.cloud().count("create"), 1);
+        assert!(c.host().calls.lock().unwrap().contains(&"setup_eni eni-1".to_string()));
+    }
+
+    #[tokio::test]
+    async fn add_on_empty_pool_waits_for_the_pool_manager() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[], FakeCloud::with_primary(0)).await;
+        *c.cloud().create_delay.lock().unwrap() = Duration::from_millis(50);
+        let pm = tokio::spawn(c.clone().pool_manager());
+        // Ten concurrent ADDs on an empty pool all succeed, with distinct addresses.
+        let mut hs = Vec::new();
+        for i in 0..12 {
+            let c = c.clone();
+            hs.push(tokio::spawn(async move { c.add(&key(&format!("c{i}")), &meta("p")).await.unwrap() }));
+        }
+        let mut addrs = BTreeSet::new();
+        for h in hs {
+            match h.await.unwrap() {
+                AddOutcome::Assigned(a) => assert!(addrs.insert(a.addr)),
+                AddOutcome::NoAddress => panic!("ADD failed"),
+            }
+        }
+        assert_eq!(addrs.len(), 12);
+        c.stop();
+        pm.await.unwrap();
+        // The checkpoint on disk holds all twelve.
+        let cp = checkpoint::load(&dir.path().join("ipam.json")).unwrap().unwrap();
+        assert_eq!(cp.allocations.len(), 12);
+    }
+
+    #[tokio::test]
+    async fn add_gives_up_after_the_wait_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true"), ("AWS_VPC_CNI_ADD_WAIT_MS", "50")], FakeCloud::with_primary(1)).await;
+        assert!(matches!(c.add(&key("a"), &meta("a")).await.unwrap(), AddOutcome::Assigned(_)));
+        assert_eq!(c.add(&key("b"), &meta("b")).await.unwrap(), AddOutcome::NoAddress);
+        assert_eq!(c.pending(), 0);
+        assert_eq!(c.counters.add_no_address.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn add_idempotent_del_legacy_and_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[], FakeCloud::with_primary(9)).await;
+        let AddOutcome::Assigned(a) = c.add(&key("c1"), &meta("p")).await.unwrap() else { panic!() };
+        let AddOutcome::Assigned(b) = c.add(&key("c1"), &meta("p")).await.unwrap() else { panic!() };
+        assert_eq!(a.addr, b.addr);
+        assert!(b.existing);
+        let r = c.del(&key("c1")).unwrap();
+        assert_eq!(r.addr, a.addr);
+        let e = c.del(&key("c1")).unwrap_err();
+        assert_eq!(e.to_string(), "datastore: unknown pod");
+        // The released address is cooling, persisted in the sidecar.
+        let st = checkpoint::load_state(&dir.path().join("ipam.json.awscni-state")).unwrap().unwrap();
+        assert_eq!(st.cooldown.len(), 1);
+        assert_eq!(st.cooldown[0].ipv4, a.addr.to_string());
+    }
+
+    #[tokio::test]
+    async fn checkpoint_failure_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[], FakeCloud::with_primary(9)).await;
+        // Make the checkpoint path unwritable: a directory in its place.
+        std::fs::remove_file(dir.path().join("ipam.json")).unwrap();
+        std::fs::create_dir(dir.path().join("ipam.json")).unwrap();
+        std::fs::write(dir.path().join("ipam.json").join("x"), "x").unwrap();
+        let e = c.add(&key("c1"), &meta("p")).await.unwrap_err();
+        assert!(matches!(e, OpError::Persist(_)), "{e}");
+        assert_eq!(c.with_ds(|ds| ds.stats(SystemTime::now()).assigned()), 0);
+    }
+
+    #[tokio::test]
+    async fn restart_restores_and_prunes_gone_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = FakeCloud::with_primary(9);
+        let c = core(dir.path(), &[], cloud).await;
+        let mut held = Vec::new();
+        for (i, n) in ["alive", "gone"].iter().enumerate() {
+            let AddOutcome::Assigned(a) = c.add(&key(&format!("c{i}")), &meta(n)).await.unwrap() else { panic!() };
+            held.push(a);
+        }
+        // "Restart": a new core over the same cloud state and files; only "alive" has a veth.
+        let enis = c.cloud().enis.lock().unwrap().clone();
+        let cloud2 = FakeCloud { enis: Mutex::new(enis), ..Default::default() };
+        let cfg = cfg(dir.path(), &[]);
+        let imds = cloud2.interfaces().await.unwrap();
+        let ds = build_datastore(&cfg, &imds, None, &BTreeSet::new());
+        let host = FakeHost::default();
+        host.links.lock().unwrap().push(format!("eni{}", checkpoint::veth_hash("default", "alive")));
+        let c2 = Core::new(cfg, c.node.clone(), M5_LARGE, ds, cloud2, host);
+        restore(&c2).await.unwrap();
+        assert_eq!(c2.lookup(&key("c0")).unwrap().addr, held[0].addr);
+        assert!(c2.lookup(&key("c1")).is_none());
+        // The dropped pod's address is cooling, not handed out again right away.
+        let AddOutcome::Assigned(n) = c2.add(&key("c9"), &meta("new")).await.unwrap() else { panic!() };
+        assert_ne!(n.addr, held[1].addr);
+        assert_ne!(n.addr, held[0].addr);
+        // Startup pruning of pod rules keeps only restored pods.
+        c2.repair_pod_rules(true).await;
+        let rules = c2.host().pod_rules.lock().unwrap().clone();
+        assert!(rules.iter().any(|r| r.ip == held[0].addr));
+        assert!(!rules.iter().any(|r| r.ip == held[1].addr));
+    }
+
+    #[tokio::test]
+    async fn prefix_mode_falls_back_to_ips() {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = FakeCloud::with_primary(0);
+        cloud.fail_prefix.store(true, Ordering::SeqCst);
+        let c = core(dir.path(), &[("ENABLE_PREFIX_DELEGATION", "true"), ("WARM_PREFIX_TARGET", "1")], cloud).await;
+        c.pool_pass().await;
+        let s = c.with_ds(|ds| ds.stats(SystemTime::now()));
+        assert!(s.total() >= 9, "{s:?}");
+        assert!(c.counters.prefix_fallbacks.load(Ordering::Relaxed) >= 1);
+        assert!(matches!(c.add(&key("c"), &meta("p")).await.unwrap(), AddOutcome::Assigned(_)));
+    }
+
+    #[tokio::test]
+    async fn reconcile_adds_removes_and_repairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[], FakeCloud::with_primary(3)).await;
+        let AddOutcome::Assigned(a) = c.add(&key("c1"), &meta("p")).await.unwrap() else { panic!() };
+        // Someone removes the pod's address and adds another one, behind our back.
+        let extra = Ipv4Addr::new(10, 0, 9, 9);
+        {
+            let mut enis = c.cloud().enis.lock().unwrap();
+            enis[0].secondary_ips.retain(|ip| *ip != a.addr);
+            enis[0].secondary_ips.push(extra);
+        }
+        c.host().pod_rules.lock().unwrap().clear();
+        let forced = c.reconcile().await;
+        assert_eq!(forced.len(), 1);
+        assert_eq!(forced[0].addr, a.addr);
+        assert!(c.lookup(&key("c1")).is_none());
+        assert!(c.with_ds(|ds| ds.eni_cidrs("eni-0")).contains(&Ipv4Net::from(extra)));
+        assert_eq!(c.counters.force_removed.load(Ordering::Relaxed), 1);
+        // Steady state: nothing to do, no EC2 calls.
+        let before = c.cloud().calls.lock().unwrap().len();
+        let AddOutcome::Assigned(b) = c.add(&key("c2"), &meta("p")).await.unwrap() else { panic!() };
+        c.host().pod_rules.lock().unwrap().clear();
+        assert!(c.reconcile().await.is_empty());
+        assert_eq!(c.cloud().calls.lock().unwrap().len(), before);
+        assert!(c.host().pod_rules.lock().unwrap().iter().any(|r| r.ip == b.addr));
+    }
+
+    #[tokio::test]
+    async fn shrink_releases_enis_after_min_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[("IP_COOLDOWN_PERIOD", "0")], FakeCloud::with_primary(9)).await;
+        for i in 0..12 {
+            assert!(matches!(c.add(&key(&format!("c{i}")), &meta("p")).await.unwrap(), AddOutcome::Assigned(_)));
+            c.pool_pass().await;
+        }
+        assert_eq!(c.with_ds(|ds| ds.stats(SystemTime::now()).enis.len()), 3);
+        for i in 0..12 {
+            c.del(&key(&format!("c{i}"))).unwrap();
+        }
+        // Too young (< 60 s): nothing is freed.
+        c.pool_pass().await;
+        assert_eq!(c.cloud().count("free"), 0);
+        assert_eq!(c.with_ds(|ds| ds.stats(SystemTime::now()).enis.len()), 3);
+    }
+}

@@ -1,0 +1,2 @@
+//! ipamd benchmarks on vpcsim (placeholder while the harness comes up).
+fn main() {}
