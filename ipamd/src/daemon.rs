@@ -259,20 +259,35 @@ pub fn eni_info_from_imds(m: &EniMetadata, custom_networking: bool) -> Option<En
 
 /// The CIDRs IMDS shows on an ENI (secondary IPs as /32, plus prefixes).
 pub fn imds_cidrs(m: &EniMetadata) -> BTreeSet<Ipv4Net> {
-    let mut s: BTreeSet<Ipv4Net> = m.secondary_ips().iter().map(|ip| Ipv4Net::from(*ip)).collect();
+    let mut s: BTreeSet<Ipv4Net> = m
+        .secondary_ips()
+        .iter()
+        .map(|ip| Ipv4Net::from(*ip))
+        .collect();
     s.extend(m.ipv4_prefixes.iter().map(|p| p.trunc()));
     s
 }
 
 fn ec2_cidrs(e: &ec2::EniInfo) -> BTreeSet<Ipv4Net> {
-    let mut s: BTreeSet<Ipv4Net> = e.secondary_ips.iter().map(|ip| Ipv4Net::from(*ip)).collect();
+    let mut s: BTreeSet<Ipv4Net> = e
+        .secondary_ips
+        .iter()
+        .map(|ip| Ipv4Net::from(*ip))
+        .collect();
     s.extend(e.prefixes.iter().map(|p| p.trunc()));
     s
 }
 
 impl<C: Cloud, H: Host> Core<C, H> {
     /// Assembles a core around an (already restored) datastore.
-    pub fn new(cfg: Config, node: NodeInfo, limits: Limits, ds: Datastore, cloud: C, host: H) -> Self {
+    pub fn new(
+        cfg: Config,
+        node: NodeInfo,
+        limits: Limits,
+        ds: Datastore,
+        cloud: C,
+        host: H,
+    ) -> Self {
         Self {
             cfg,
             node,
@@ -369,9 +384,16 @@ impl<C: Cloud, H: Host> Core<C, H> {
         self.write_checkpoint(&ds)
     }
 
-    fn try_assign(&self, key: &IpamKey, meta: &PodMeta) -> Result<Option<Assignment>, OpError> {
+    /// One assignment attempt. A waiting ADD (`counted`) leaves the pending count under the
+    /// datastore lock, so the pool math never sees it both as pending and as assigned.
+    fn try_assign(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        counted: &mut bool,
+    ) -> Result<Option<Assignment>, OpError> {
         let mut ds = lock(&self.ds);
-        match ds.assign(key, meta.clone(), SystemTime::now()) {
+        let res = match ds.assign(key, meta.clone(), SystemTime::now()) {
             Ok(a) if a.existing => Ok(Some(a)),
             Ok(a) => match self.write_checkpoint(&ds) {
                 Ok(()) => Ok(Some(a)),
@@ -382,7 +404,12 @@ impl<C: Cloud, H: Host> Core<C, H> {
             },
             Err(DsError::NoAvailableAddress) => Ok(None),
             Err(e) => Err(e.into()),
+        };
+        if *counted && !matches!(res, Ok(None)) {
+            *counted = false;
+            self.pending.fetch_sub(1, Ordering::SeqCst);
         }
+        res
     }
 
     /// ADD: assign an address; if none is free, wake the pool manager at once and wait (bounded)
@@ -397,7 +424,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
             let notified = self.addrs_added.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_assign(key, meta) {
+            match self.try_assign(key, meta, &mut counted) {
                 Ok(Some(a)) => break Ok(AddOutcome::Assigned(a)),
                 Ok(None) => {}
                 Err(e) => break Err(e),
@@ -414,7 +441,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
             self.wake_pool.notify_one();
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 // One last try: the pool may have grown just as the timer fired.
-                match self.try_assign(key, meta) {
+                match self.try_assign(key, meta, &mut counted) {
                     Ok(Some(a)) => break Ok(AddOutcome::Assigned(a)),
                     Ok(None) => {
                         self.counters.add_no_address.fetch_add(1, Ordering::Relaxed);
@@ -441,7 +468,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
     pub fn del(&self, key: &IpamKey) -> Result<Assignment, OpError> {
         let mut ds = lock(&self.ds);
         let released = ds.release(key, SystemTime::now())?;
-        let persisted = self.write_state(&ds).and_then(|()| self.write_checkpoint(&ds));
+        let persisted = self
+            .write_state(&ds)
+            .and_then(|()| self.write_checkpoint(&ds));
         if let Err(e) = persisted {
             ds.rollback_release(&released);
             // Best effort: put the files back in line with memory.
@@ -458,7 +487,8 @@ impl<C: Cloud, H: Host> Core<C, H> {
     /// CHECK helper: the address a key holds.
     pub fn lookup(&self, key: &IpamKey) -> Option<Assignment> {
         let ds = lock(&self.ds);
-        ds.lookup(key).or_else(|| ds.lookup(&IpamKey::legacy(&key.container_id)))
+        ds.lookup(key)
+            .or_else(|| ds.lookup(&IpamKey::legacy(&key.container_id)))
     }
 
     /// CNI GC: release every allocation of `network` whose (container, ifname) is not valid.
@@ -499,14 +529,18 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 }
             }
         }
-        lock(&self.state).changed.insert(eni.to_owned(), Instant::now());
+        lock(&self.state)
+            .changed
+            .insert(eni.to_owned(), Instant::now());
         self.addrs_added.notify_waiters();
     }
 
     async fn grow_existing(&self, eni: &str, count: u32, kind: CidrKind) -> Result<(), CloudError> {
         let res = self.cloud.assign(eni, kind, count).await;
         let res = match res {
-            Err(e) if e.kind == CloudErrorKind::InsufficientCapacity && kind == CidrKind::Prefix => {
+            Err(e)
+                if e.kind == CloudErrorKind::InsufficientCapacity && kind == CidrKind::Prefix =>
+            {
                 // No free aligned /28 in the subnet: take secondary IPs instead (ipam.md §14).
                 let slots = self.with_ds(|ds| ds.eni_cidrs(eni).len());
                 let g = Grow::Existing {
@@ -516,9 +550,18 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 };
                 match pool::fallback_to_ips(&g, slots, &self.input_limits()) {
                     Some(fb) => {
-                        self.counters.prefix_fallbacks.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(eni, prefixes = count, ips = fb.count(), "no free /28 in the subnet; falling back to secondary IPs");
-                        self.cloud.assign(eni, CidrKind::SecondaryIp, fb.count()).await
+                        self.counters
+                            .prefix_fallbacks
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            eni,
+                            prefixes = count,
+                            ips = fb.count(),
+                            "no free /28 in the subnet; falling back to secondary IPs"
+                        );
+                        self.cloud
+                            .assign(eni, CidrKind::SecondaryIp, fb.count())
+                            .await
                     }
                     None => Err(e),
                 }
@@ -526,7 +569,11 @@ impl<C: Cloud, H: Host> Core<C, H> {
             Err(e) if e.kind == CloudErrorKind::AddressLimit => {
                 // The ENI holds more than we know: take what EC2 says is there.
                 let seen = self.cloud.describe(&[eni.to_owned()]).await?;
-                Ok(seen.iter().filter(|x| x.eni_id == eni).flat_map(ec2_cidrs).collect())
+                Ok(seen
+                    .iter()
+                    .filter(|x| x.eni_id == eni)
+                    .flat_map(ec2_cidrs)
+                    .collect())
             }
             Err(e) if e.kind == CloudErrorKind::Other && count > 1 => {
                 // Upstream retries once with a single address on any other error.
@@ -553,19 +600,32 @@ impl<C: Cloud, H: Host> Core<C, H> {
             CidrKind::SecondaryIp => AddressRequest::Ips(count),
         };
         let attached = match self.cloud.create_eni(req).await {
-            Err(e) if e.kind == CloudErrorKind::InsufficientCapacity && kind == CidrKind::Prefix => {
+            Err(e)
+                if e.kind == CloudErrorKind::InsufficientCapacity && kind == CidrKind::Prefix =>
+            {
                 let g = Grow::NewEni { count, kind };
                 let Some(fb) = pool::fallback_to_ips(&g, 0, &self.input_limits()) else {
                     return Err(e);
                 };
-                self.counters.prefix_fallbacks.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(prefixes = count, ips = fb.count(), "no free /28 for a new ENI; falling back to secondary IPs");
-                self.cloud.create_eni(AddressRequest::Ips(fb.count())).await?
+                self.counters
+                    .prefix_fallbacks
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    prefixes = count,
+                    ips = fb.count(),
+                    "no free /28 for a new ENI; falling back to secondary IPs"
+                );
+                self.cloud
+                    .create_eni(AddressRequest::Ips(fb.count()))
+                    .await?
             }
             other => other?,
         };
         let Some(primary_ip) = attached.info.primary_ip.or(attached.metadata.primary_ip()) else {
-            return Err(CloudError::new(CloudErrorKind::Other, format!("new ENI {} has no primary IP", attached.info.eni_id)));
+            return Err(CloudError::new(
+                CloudErrorKind::Other,
+                format!("new ENI {} has no primary IP", attached.info.eni_id),
+            ));
         };
         let info = EniInfo {
             id: attached.info.eni_id.clone(),
@@ -587,7 +647,10 @@ impl<C: Cloud, H: Host> Core<C, H> {
         if let Err(e) = setup {
             // Roll back: an ENI we cannot route through is useless and would leak.
             let _ = self.cloud.free_eni(&info.id).await;
-            return Err(CloudError::new(CloudErrorKind::Other, format!("host set-up of ENI {} failed: {e}", info.id)));
+            return Err(CloudError::new(
+                CloudErrorKind::Other,
+                format!("host set-up of ENI {} failed: {e}", info.id),
+            ));
         }
         tracing::info!(eni = %info.id, device = info.device_number, cidrs = ec2_cidrs(&attached.info).len(), "ENI attached and set up");
         lock(&self.ds).add_eni(info.clone(), SystemTime::now());
@@ -599,6 +662,15 @@ impl<C: Cloud, H: Host> Core<C, H> {
     async fn release_cidrs(&self, list: Vec<pool::ReleaseCidr>) {
         let mut by_eni: HashMap<EniId, Vec<Ipv4Net>> = HashMap::new();
         {
+            // Caches first, so a concurrent reconcile never re-adds them from IMDS.
+            let mut st = lock(&self.state);
+            let now = Instant::now();
+            for r in &list {
+                st.released.insert(r.cidr, now);
+                st.changed.insert(r.eni.clone(), now);
+            }
+        }
+        {
             let mut ds = lock(&self.ds);
             for r in list {
                 match ds.remove_cidr(&r.eni, r.cidr, false, SystemTime::now()) {
@@ -608,16 +680,10 @@ impl<C: Cloud, H: Host> Core<C, H> {
             }
         }
         for (eni, cidrs) in by_eni {
-            {
-                let mut st = lock(&self.state);
-                let now = Instant::now();
-                for c in &cidrs {
-                    st.released.insert(*c, now);
-                }
-                st.changed.insert(eni.clone(), now);
-            }
             match self.cloud.unassign(&eni, &cidrs).await {
-                Ok(()) => tracing::info!(eni = %eni, count = cidrs.len(), "released addresses to EC2"),
+                Ok(()) => {
+                    tracing::info!(eni = %eni, count = cidrs.len(), "released addresses to EC2")
+                }
                 Err(e) => {
                     self.note_error(&format!("unassign from {eni}: {e}"));
                     // Still on the ENI: make them usable again.
@@ -628,9 +694,15 @@ impl<C: Cloud, H: Host> Core<C, H> {
     }
 
     async fn delete_eni(&self, id: &str) {
+        // Before removing it from the datastore: reconcile must not adopt it back from IMDS.
+        lock(&self.state)
+            .freed_enis
+            .insert(id.to_owned(), Instant::now());
         let info = {
             let mut ds = lock(&self.ds);
-            let Some(info) = ds.eni(id).cloned() else { return };
+            let Some(info) = ds.eni(id).cloned() else {
+                return;
+            };
             if let Err(e) = ds.remove_eni(id, false, SystemTime::now()) {
                 tracing::debug!(eni = id, error = %e, "not deleted");
                 return;
@@ -642,10 +714,6 @@ impl<C: Cloud, H: Host> Core<C, H> {
         // on the next start instead of leaking an `available` ENI.
         if let Err(e) = self.persist_all() {
             tracing::warn!(error = %e, "cannot persist detaching state");
-        }
-        {
-            let mut st = lock(&self.state);
-            st.freed_enis.insert(id.to_owned(), Instant::now());
         }
         match self.cloud.free_eni(id).await {
             Ok(()) => {
@@ -703,7 +771,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 let gate = st
                     .last_release
                     .is_none_or(|t| t.elapsed() >= pool::DECREASE_INTERVAL);
-                let backoff = st.capacity_backoff_until.is_some_and(|t| Instant::now() < t);
+                let backoff = st
+                    .capacity_backoff_until
+                    .is_some_and(|t| Instant::now() < t);
                 (gate, backoff)
             };
             let decision = {
@@ -727,7 +797,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 // previous one waits for IMDS (ipam.md §13 #5).
                 let futs = decision.grow.iter().map(|g| async move {
                     match g {
-                        Grow::Existing { eni, count, kind } => self.grow_existing(eni, *count, *kind).await,
+                        Grow::Existing { eni, count, kind } => {
+                            self.grow_existing(eni, *count, *kind).await
+                        }
                         Grow::NewEni { count, kind } => self.grow_new(*count, *kind).await,
                     }
                 });
@@ -793,9 +865,12 @@ impl<C: Cloud, H: Host> Core<C, H> {
         let now = Instant::now();
         let (creating, unmanaged, settle, released, freed) = {
             let mut st = lock(&self.state);
-            st.changed.retain(|_, t| now.duration_since(*t) < RECONCILE_SETTLE);
-            st.released.retain(|_, t| now.duration_since(*t) < RELEASED_COOLDOWN);
-            st.freed_enis.retain(|_, t| now.duration_since(*t) < RELEASED_COOLDOWN);
+            st.changed
+                .retain(|_, t| now.duration_since(*t) < RECONCILE_SETTLE);
+            st.released
+                .retain(|_, t| now.duration_since(*t) < RELEASED_COOLDOWN);
+            st.freed_enis
+                .retain(|_, t| now.duration_since(*t) < RELEASED_COOLDOWN);
             (
                 st.creating,
                 st.unmanaged.clone(),
@@ -811,13 +886,23 @@ impl<C: Cloud, H: Host> Core<C, H> {
         // New ENIs attached behind our back (or by a previous run).
         let new: Vec<&EniMetadata> = imds
             .iter()
-            .filter(|m| !known.contains(&m.eni_id) && !unmanaged.contains(&m.eni_id) && !freed.contains(&m.eni_id))
+            .filter(|m| {
+                !known.contains(&m.eni_id)
+                    && !unmanaged.contains(&m.eni_id)
+                    && !freed.contains(&m.eni_id)
+            })
             .collect();
         if !new.is_empty() && creating == 0 {
             let ids: Vec<String> = new.iter().map(|m| m.eni_id.clone()).collect();
-            let described = if ec2_ok { self.cloud.describe(&ids).await.ok() } else { None };
+            let described = if ec2_ok {
+                self.cloud.describe(&ids).await.ok()
+            } else {
+                None
+            };
             for m in new {
-                let d = described.as_ref().and_then(|v| v.iter().find(|e| e.eni_id == m.eni_id));
+                let d = described
+                    .as_ref()
+                    .and_then(|v| v.iter().find(|e| e.eni_id == m.eni_id));
                 if let Some(d) = d
                     && self.cloud.is_unmanaged(d, m.device_number == 0)
                 {
@@ -827,7 +912,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 if ec2_ok && d.is_none() {
                     continue;
                 }
-                let Some(info) = eni_info_from_imds(m, self.cfg.custom_network_cfg) else { continue };
+                let Some(info) = eni_info_from_imds(m, self.cfg.custom_network_cfg) else {
+                    continue;
+                };
                 let host = self.host.clone();
                 let hinfo = info.clone();
                 if !info.is_primary {
@@ -848,8 +935,12 @@ impl<C: Cloud, H: Host> Core<C, H> {
         }
 
         // Known ENIs: compare address sets.
-        for m in imds.iter().filter(|m| known.contains(&m.eni_id) && !settle.contains(&m.eni_id)) {
-            let have: BTreeSet<Ipv4Net> = self.with_ds(|ds| ds.eni_cidrs(&m.eni_id).into_iter().collect());
+        for m in imds
+            .iter()
+            .filter(|m| known.contains(&m.eni_id) && !settle.contains(&m.eni_id))
+        {
+            let have: BTreeSet<Ipv4Net> =
+                self.with_ds(|ds| ds.eni_cidrs(&m.eni_id).into_iter().collect());
             let seen = imds_cidrs(m);
             if have == seen {
                 continue;
@@ -883,7 +974,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 for c in gone {
                     match ds.remove_cidr(&m.eni_id, c, true, SystemTime::now()) {
                         Ok(f) => forced.extend(f),
-                        Err(e) => tracing::debug!(cidr = %c, error = %e, "reconcile: remove failed"),
+                        Err(e) => {
+                            tracing::debug!(cidr = %c, error = %e, "reconcile: remove failed")
+                        }
                     }
                     tracing::warn!(eni = %m.eni_id, cidr = %c, "reconcile: address removed behind our back");
                 }
@@ -892,7 +985,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
 
         // ENIs no longer attached.
         for id in known.iter().filter(|id| !imds_ids.contains(id.as_str())) {
-            let Some(info) = self.with_ds(|ds| ds.eni(id).cloned()) else { continue };
+            let Some(info) = self.with_ds(|ds| ds.eni(id).cloned()) else {
+                continue;
+            };
             if info.is_primary || settle.contains(id) {
                 continue;
             }
@@ -902,11 +997,16 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 forced.extend(f);
             }
             let host = self.host.clone();
-            let _ = tokio::task::spawn_blocking(move || host.teardown_eni(info.primary_ip, info.route_table())).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                host.teardown_eni(info.primary_ip, info.route_table())
+            })
+            .await;
         }
 
         if !forced.is_empty() {
-            self.counters.force_removed.fetch_add(forced.len(), Ordering::Relaxed);
+            self.counters
+                .force_removed
+                .fetch_add(forced.len(), Ordering::Relaxed);
             for f in &forced {
                 tracing::warn!(key = %f.key, ip = %f.addr, pod = %format!("{}/{}", f.meta.namespace, f.meta.name), "pod lost its address (force-removed)");
             }
@@ -960,7 +1060,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
             // iptables rules: every ~60 s (iptables-save is not free).
             if ticks % (60 / self.cfg.reconcile_interval.as_secs().clamp(1, 60)).max(1) == 0 {
                 let host = self.host.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || host.reconcile_iptables()).await {
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || host.reconcile_iptables()).await
+                {
                     tracing::warn!(error = %e, "iptables reconcile failed");
                 }
             }
@@ -970,7 +1072,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
             {
                 last_sweep = Instant::now();
                 match self.cloud.sweep_leaked().await {
-                    Ok(deleted) if !deleted.is_empty() => tracing::info!(?deleted, "deleted leaked ENIs"),
+                    Ok(deleted) if !deleted.is_empty() => {
+                        tracing::info!(?deleted, "deleted leaked ENIs")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "leaked-ENI sweep failed"),
                 }
@@ -1063,6 +1167,501 @@ pub fn write_max_pods(path: &Path, value: u32) -> Result<(), CheckpointError> {
     checkpoint::write_atomic(path, format!("{value}\n").as_bytes())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Production seams
+
+use crate::ec2::{Ec2Settings, SdkEc2};
+use crate::eni::{EniError, EniManager, EniSettings, LeakedEniSweeper};
+use crate::hostnet::{
+    CommandRunner, EniHost, NetlinkLinkProbe, NodeSettings, ProcSysctl, SnatSettings, SystemRunner,
+};
+use crate::imds::{AwsImdsSource, Imds, ImdsSettings};
+use crate::limiter::{LimiterSettings, TokenBucket};
+
+fn cloud_err(e: EniError) -> CloudError {
+    let kind = match &e {
+        EniError::SubnetsExhausted { .. } => CloudErrorKind::InsufficientCapacity,
+        EniError::Ec2(x)
+            if x.code_is("InsufficientCidrBlocks")
+                || x.code_is("InsufficientFreeAddressesInSubnet") =>
+        {
+            CloudErrorKind::InsufficientCapacity
+        }
+        EniError::Ec2(x) if x.code_is("PrivateIpAddressLimitExceeded") => {
+            CloudErrorKind::AddressLimit
+        }
+        EniError::Ec2(x) if x.is_not_found() => CloudErrorKind::NotFound,
+        _ => CloudErrorKind::Other,
+    };
+    CloudError::new(kind, e.to_string())
+}
+
+type RealEniManager = EniManager<SdkEc2, AwsImdsSource, NetlinkLinkProbe>;
+
+/// [`Cloud`] over the real IMDS and EC2 clients (`None` manager in IMDS-only mode).
+pub struct RealCloud {
+    mgr: Option<RealEniManager>,
+    imds: Imds<AwsImdsSource>,
+    primary_mac: String,
+    sweeper: tokio::sync::Mutex<LeakedEniSweeper>,
+}
+
+impl RealCloud {
+    fn mgr(&self) -> Result<&RealEniManager, CloudError> {
+        self.mgr.as_ref().ok_or_else(|| {
+            CloudError::new(
+                CloudErrorKind::Unavailable,
+                "EC2 is disabled (ENABLE_IMDS_ONLY_MODE)",
+            )
+        })
+    }
+}
+
+impl Cloud for RealCloud {
+    async fn interfaces(&self) -> Result<Vec<EniMetadata>, CloudError> {
+        self.imds
+            .interfaces(&self.primary_mac)
+            .await
+            .map_err(|e| CloudError::new(CloudErrorKind::Other, e.to_string()))
+    }
+    async fn describe(&self, ids: &[String]) -> Result<Vec<ec2::EniInfo>, CloudError> {
+        self.mgr()?.describe_enis(ids).await.map_err(cloud_err)
+    }
+    async fn create_eni(&self, addresses: AddressRequest) -> Result<AttachedEni, CloudError> {
+        self.mgr()?
+            .create_and_attach(addresses)
+            .await
+            .map_err(cloud_err)
+    }
+    async fn assign(
+        &self,
+        eni: &str,
+        kind: CidrKind,
+        count: u32,
+    ) -> Result<Vec<Ipv4Net>, CloudError> {
+        let m = self.mgr()?;
+        match kind {
+            CidrKind::SecondaryIp => Ok(m
+                .assign_ips(eni, count)
+                .await
+                .map_err(cloud_err)?
+                .into_iter()
+                .map(Ipv4Net::from)
+                .collect()),
+            CidrKind::Prefix => m.assign_prefixes(eni, count).await.map_err(cloud_err),
+        }
+    }
+    async fn unassign(&self, eni: &str, cidrs: &[Ipv4Net]) -> Result<(), CloudError> {
+        let m = self.mgr()?;
+        let ips: Vec<Ipv4Addr> = cidrs
+            .iter()
+            .filter(|c| c.prefix_len() == 32)
+            .map(|c| c.addr())
+            .collect();
+        let prefixes: Vec<Ipv4Net> = cidrs
+            .iter()
+            .filter(|c| c.prefix_len() != 32)
+            .copied()
+            .collect();
+        if !ips.is_empty() {
+            m.unassign_ips(eni, &ips).await.map_err(cloud_err)?;
+        }
+        if !prefixes.is_empty() {
+            m.unassign_prefixes(eni, &prefixes)
+                .await
+                .map_err(cloud_err)?;
+        }
+        Ok(())
+    }
+    async fn free_eni(&self, eni: &str) -> Result<(), CloudError> {
+        self.mgr()?.free_eni(eni).await.map_err(cloud_err)
+    }
+    fn is_unmanaged(&self, eni: &ec2::EniInfo, is_primary: bool) -> bool {
+        self.mgr
+            .as_ref()
+            .is_some_and(|m| m.unmanaged_reason(eni, is_primary).is_some())
+    }
+    async fn sweep_leaked(&self) -> Result<Vec<String>, CloudError> {
+        let m = self.mgr()?;
+        let mut sw = self.sweeper.lock().await;
+        let rep = m
+            .sweep_leaked(&mut sw, time::OffsetDateTime::now_utc())
+            .await
+            .map_err(cloud_err)?;
+        Ok(rep.deleted)
+    }
+}
+
+/// [`Host`] over netlink (the plugin's facade), `/proc/sys` and the iptables binaries.
+pub struct NetlinkHost {
+    node: NodeSettings,
+    snat: Mutex<SnatSettings>,
+    mtu: u32,
+    runner: SystemRunner,
+}
+
+fn nl() -> Result<aws_cni::netlink::Netlink, String> {
+    aws_cni::netlink::Netlink::open().map_err(|e| format!("netlink: {e}"))
+}
+
+impl Host for NetlinkHost {
+    fn setup_node(&self) -> Result<(), String> {
+        let rep = crate::hostnet::setup_node(&mut nl()?, &ProcSysctl, &self.node)
+            .map_err(|e| e.to_string())?;
+        lock(&self.snat).primary_if = rep.primary_if;
+        self.reconcile_iptables()
+    }
+    fn setup_eni(&self, eni: &EniInfo) -> Result<(), String> {
+        let h = EniHost {
+            mac: eni.mac.clone(),
+            primary_ip: eni.primary_ip,
+            subnet: eni.subnet,
+            table: eni.route_table(),
+            mtu: self.mtu,
+            link_attempts: 5,
+            link_interval: Duration::from_secs(1),
+        };
+        crate::hostnet::setup_eni(&mut nl()?, &h)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    fn teardown_eni(&self, primary_ip: Ipv4Addr, table: u32) -> Result<(), String> {
+        crate::hostnet::teardown_eni(&mut nl()?, primary_ip, table)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    fn link_names(&self) -> Result<Vec<String>, String> {
+        Ok(nl()?
+            .links()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|l| l.name)
+            .collect())
+    }
+    fn reapply_pod_rules(&self, pods: &[PodRule], prune: bool) -> Result<PodRuleReport, String> {
+        crate::hostnet::reapply_pod_rules(&mut nl()?, pods, prune).map_err(|e| e.to_string())
+    }
+    fn reconcile_iptables(&self) -> Result<(), String> {
+        let st = lock(&self.snat).clone();
+        crate::hostnet::reconcile_iptables(&self.runner as &dyn CommandRunner, &st)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn other<E: std::fmt::Display>(ctx: &'static str) -> impl FnOnce(E) -> StartError {
+    move |e| StartError::Other(format!("{ctx}: {e}"))
+}
+
+/// Start-up, serving and shutdown of the real daemon. Returns when SIGTERM/SIGINT was handled
+/// (in-flight requests finished, no EC2 mutation running).
+pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
+    let t0 = Instant::now();
+    let src = AwsImdsSource::new(&ImdsSettings::default()).map_err(other("IMDS client"))?;
+    let imds = Imds::new(src.clone());
+    let inst = imds
+        .instance()
+        .await
+        .map_err(other("IMDS instance metadata"))?;
+    let interfaces = imds
+        .interfaces(&inst.primary_mac)
+        .await
+        .map_err(other("IMDS interfaces"))?;
+    let primary = interfaces
+        .iter()
+        .find(|m| m.mac.eq_ignore_ascii_case(&inst.primary_mac))
+        .cloned()
+        .ok_or_else(|| {
+            StartError::Other(format!(
+                "primary MAC {} not in IMDS interfaces",
+                inst.primary_mac
+            ))
+        })?;
+    let it = awscni_limits::lookup(&inst.instance_type).ok_or_else(|| {
+        StartError::Other(format!(
+            "instance type {:?} is not in the limits table (close: {:?})",
+            inst.instance_type,
+            awscni_limits::close_matches(&inst.instance_type, 3)
+        ))
+    })?;
+    if cfg.pool.prefix_delegation && !it.supports_prefix_delegation() {
+        tracing::warn!(instance_type = %it.name, "prefix delegation needs a Nitro or bare-metal instance; using secondary IPs (as upstream)");
+        cfg.pool.prefix_delegation = false;
+    }
+
+    let mgr = if cfg.enable_imds_only_mode {
+        None
+    } else {
+        let bucket = TokenBucket::new(LimiterSettings {
+            qps: cfg.ec2_qps,
+            burst: cfg.ec2_burst,
+        })
+        .map_err(other("EC2 rate limiter"))?;
+        let mut es = Ec2Settings::for_region(&inst.region);
+        if let Some(ep) = &cfg.ec2_endpoint {
+            es.endpoint.get_or_insert_with(|| ep.clone());
+        }
+        es.http_timeout = cfg.http_timeout;
+        let ec2 = SdkEc2::connect(&es, Arc::new(bucket)).await;
+        let mut s = EniSettings::new(
+            &inst.instance_id,
+            primary.vpc_id.as_deref().unwrap_or_default(),
+            &inst.availability_zone,
+            &primary.subnet_id,
+        );
+        s.security_groups = primary.security_groups.clone();
+        s.cluster_name = Some(cfg.cluster_name.clone()).filter(|c| !c.is_empty());
+        s.additional_tags = cfg.additional_eni_tags.clone();
+        s.subnet_discovery = cfg.enable_subnet_discovery;
+        s.manage_untagged = cfg.manage_untagged_eni;
+        Some(EniManager::new(
+            ec2,
+            Imds::new(src.clone()),
+            NetlinkLinkProbe,
+            s,
+        ))
+    };
+
+    let card0: Vec<EniMetadata> = interfaces
+        .iter()
+        .filter(|m| m.network_card == 0)
+        .cloned()
+        .collect();
+    let described = match &mgr {
+        Some(m) => {
+            let ids: Vec<String> = card0.iter().map(|i| i.eni_id.clone()).collect();
+            match m.describe_enis(&ids).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot describe attached ENIs; using IMDS only");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut unmanaged = BTreeSet::new();
+    if let (Some(m), Some(d)) = (&mgr, &described) {
+        for e in d {
+            let is_primary = card0
+                .iter()
+                .any(|i| i.eni_id == e.eni_id && i.device_number == 0);
+            if let Some(why) = m.unmanaged_reason(e, is_primary) {
+                tracing::info!(eni = %e.eni_id, reason = ?why, "ENI not managed");
+                unmanaged.insert(e.eni_id.clone());
+            }
+        }
+        let managed: Vec<String> = card0
+            .iter()
+            .filter(|i| !unmanaged.contains(&i.eni_id))
+            .map(|i| i.eni_id.clone())
+            .collect();
+        if !cfg.disable_network_resource_provisioning
+            && let Err(e) = m.top_up_tags(&managed).await
+        {
+            tracing::warn!(error = %e, "cannot top up ENI tags");
+        }
+    }
+    let unmanaged_count = u32::try_from(unmanaged.len()).unwrap_or(u32::MAX);
+    let mp = awscni_limits::node_max_pods(
+        it,
+        cfg.pool.max_eni,
+        unmanaged_count,
+        cfg.pool.prefix_delegation,
+        cfg.custom_network_cfg,
+        false,
+    );
+    tracing::info!(max_pods = mp.max_pods, detail = %mp.explain(), "node max pods");
+    if let Err(e) = write_max_pods(&cfg.max_pods_file, mp.max_pods) {
+        tracing::warn!(error = %e, "cannot write max-pods file");
+    }
+    let limits = Limits {
+        ipv4_per_eni: it.ipv4_per_eni,
+        max_enis: it.default_card_enis(),
+        max_pods: mp.max_pods,
+        unmanaged_enis: unmanaged_count,
+        trunk_reserve: 0,
+    };
+    let ds = build_datastore(&cfg, &card0, described.as_deref(), &unmanaged);
+
+    let runner = SystemRunner::default();
+    let vpc_cidrs = if primary.vpc_cidrs.is_empty() {
+        imds.vpc_cidrs(&inst.primary_mac).await.unwrap_or_default()
+    } else {
+        primary.vpc_cidrs.clone()
+    };
+    let snat = SnatSettings {
+        external_snat: cfg.external_snat,
+        exclude_snat_cidrs: cfg.exclude_snat_cidrs.clone(),
+        randomize: crate::hostnet::RandomizeSnat::parse(cfg.randomize_snat.as_str()),
+        random_fully_supported: crate::hostnet::random_fully_supported(&runner),
+        node_port_support: cfg.node_port_support,
+        connmark: cfg.connmark,
+        veth_prefix: cfg.veth_prefix.clone(),
+        primary_if: String::new(),
+        node_ip: inst.local_ipv4,
+        vpc_cidrs: vpc_cidrs.clone(),
+    };
+    let host = NetlinkHost {
+        node: NodeSettings {
+            primary_mac: inst.primary_mac.clone(),
+            mtu: cfg.eni_mtu,
+            connmark: cfg.connmark,
+            node_port_support: cfg.node_port_support,
+            external_snat: cfg.external_snat,
+            external_service_cidrs: cfg.external_service_cidrs.clone(),
+            link_attempts: 5,
+            link_interval: Duration::from_secs(3),
+        },
+        snat: Mutex::new(snat),
+        mtu: cfg.eni_mtu,
+        runner,
+    };
+    let node = NodeInfo {
+        instance_id: inst.instance_id.clone(),
+        region: inst.region.clone(),
+        instance_type: inst.instance_type.clone(),
+        node_ip: Some(inst.local_ipv4),
+        vpc_cidrs,
+        primary_mac: inst.primary_mac.clone(),
+    };
+    let cloud = RealCloud {
+        mgr,
+        imds: Imds::new(src),
+        primary_mac: inst.primary_mac.clone(),
+        sweeper: tokio::sync::Mutex::new(LeakedEniSweeper::new()),
+    };
+    let core = Arc::new(Core::new(cfg, node, limits, ds, cloud, host));
+    core.set_unmanaged(unmanaged);
+
+    // Host set-up: node first, then every secondary ENI (upstream retries each 5 × 10 s; an
+    // ENI whose link is slow is retried by reconcile later).
+    let h = core.host.clone();
+    tokio::task::spawn_blocking(move || h.setup_node())
+        .await
+        .map_err(other("host set-up task"))?
+        .map_err(|e| StartError::Other(format!("host set-up: {e}")))?;
+    let secondaries: Vec<EniInfo> =
+        core.with_ds(|ds| ds.enis().filter(|e| !e.is_primary).cloned().collect());
+    for e in secondaries {
+        let h = core.host.clone();
+        let id = e.id.clone();
+        match tokio::task::spawn_blocking(move || h.setup_eni(&e)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(eni = %id, error = %err, "ENI host set-up failed"),
+            Err(err) => tracing::warn!(eni = %id, error = %err, "ENI host set-up task failed"),
+        }
+    }
+
+    let detaching = restore(&core).await?;
+    core.finish_detaching(detaching).await;
+    core.repair_pod_rules(true).await;
+    // Pre-scale before serving, as upstream, but never block start-up on EC2 for long.
+    if tokio::time::timeout(Duration::from_secs(60), core.pool_pass())
+        .await
+        .is_err()
+    {
+        tracing::warn!("initial pool fill still running after 60 s; serving anyway");
+    }
+
+    let listener = crate::rpc::bind_unix(&core.cfg.ipamd_socket).map_err(|e| {
+        StartError::Other(format!(
+            "cannot bind {}: {e}",
+            core.cfg.ipamd_socket.display()
+        ))
+    })?;
+    let services = crate::rpc::Services::new(core.clone(), version);
+    let (router, reporter) = crate::rpc::router(services.clone());
+    let mut reporters = vec![reporter];
+    let shutdown = Arc::new(Notify::new());
+    let mut servers = Vec::new();
+    if core.cfg.legacy_tcp_listener {
+        let tcp = tokio::net::TcpListener::bind(crate::config::LEGACY_TCP_ADDR)
+            .await
+            .map_err(|e| {
+                StartError::Other(format!(
+                    "cannot bind {}: {e}",
+                    crate::config::LEGACY_TCP_ADDR
+                ))
+            })?;
+        let (r2, rep2) = crate::rpc::router(services);
+        reporters.push(rep2);
+        let sd = shutdown.clone();
+        servers.push(tokio::spawn(r2.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(tcp),
+            async move { sd.notified().await },
+        )));
+    }
+    let sd = shutdown.clone();
+    servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        async move { sd.notified().await },
+    )));
+    for r in &reporters {
+        crate::rpc::set_health(r, true).await;
+    }
+    core.set_ready();
+    let stats = core.with_ds(|ds| ds.stats(SystemTime::now()));
+    tracing::info!(
+        socket = %core.cfg.ipamd_socket.display(),
+        startup_ms = t0.elapsed().as_millis() as u64,
+        enis = stats.enis.len(),
+        total = stats.total(),
+        assigned = stats.assigned(),
+        "ipamd serving"
+    );
+    let pm = tokio::spawn(core.clone().pool_manager());
+    let rc = tokio::spawn(core.clone().reconcile_loop());
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: NOT_SERVING, no more EC2 changes, finishing in-flight requests");
+    for r in &reporters {
+        crate::rpc::set_health(r, false).await;
+    }
+    core.stop();
+    shutdown.notify_waiters();
+    for s in servers {
+        match s.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server error"),
+            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        }
+    }
+    rc.abort();
+    // The pool manager returns after its current EC2 call; do not wait forever.
+    if tokio::time::timeout(Duration::from_secs(20), pm)
+        .await
+        .is_err()
+    {
+        tracing::warn!("pool manager did not stop within 20 s");
+    }
+    if let Err(e) = core.persist_all() {
+        tracing::warn!(error = %e, "final checkpoint write failed");
+    }
+    let _ = std::fs::remove_file(&core.cfg.ipamd_socket);
+    tracing::info!("ipamd stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Cannot install handlers: fall back to Ctrl-C only.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
@@ -1113,7 +1712,9 @@ pub(crate) mod tests {
             c
         }
         fn alloc(&self, n: usize) -> Vec<Ipv4Addr> {
-            (0..n).map(|_| Ipv4Addr::from(self.next.fetch_add(1, Ordering::SeqCst))).collect()
+            (0..n)
+                .map(|_| Ipv4Addr::from(self.next.fetch_add(1, Ordering::SeqCst)))
+                .collect()
         }
         fn alloc_prefix(&self) -> Ipv4Net {
             let cur = self.next.load(Ordering::SeqCst);
@@ -1125,7 +1726,12 @@ pub(crate) mod tests {
             self.calls.lock().unwrap().push(s);
         }
         pub fn count(&self, prefix: &str) -> usize {
-            self.calls.lock().unwrap().iter().filter(|c| c.starts_with(prefix)).count()
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.starts_with(prefix))
+                .count()
         }
         pub fn metadata(e: &ec2::EniInfo) -> EniMetadata {
             let mut ips = vec![e.primary_ip.unwrap()];
@@ -1148,25 +1754,51 @@ pub(crate) mod tests {
 
     impl Cloud for FakeCloud {
         async fn interfaces(&self) -> Result<Vec<EniMetadata>, CloudError> {
-            Ok(self.enis.lock().unwrap().iter().map(Self::metadata).collect())
+            Ok(self
+                .enis
+                .lock()
+                .unwrap()
+                .iter()
+                .map(Self::metadata)
+                .collect())
         }
         async fn describe(&self, ids: &[String]) -> Result<Vec<ec2::EniInfo>, CloudError> {
             self.call(format!("describe {ids:?}"));
-            Ok(self.enis.lock().unwrap().iter().filter(|e| ids.contains(&e.eni_id)).cloned().collect())
+            Ok(self
+                .enis
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| ids.contains(&e.eni_id))
+                .cloned()
+                .collect())
         }
         async fn create_eni(&self, addresses: AddressRequest) -> Result<AttachedEni, CloudError> {
             self.call(format!("create {addresses:?}"));
             let delay = *self.create_delay.lock().unwrap();
             tokio::time::sleep(delay).await;
-            if matches!(addresses, AddressRequest::Prefixes(_)) && self.fail_prefix.load(Ordering::SeqCst) {
-                return Err(CloudError::new(CloudErrorKind::InsufficientCapacity, "InsufficientCidrBlocks"));
+            if matches!(addresses, AddressRequest::Prefixes(_))
+                && self.fail_prefix.load(Ordering::SeqCst)
+            {
+                return Err(CloudError::new(
+                    CloudErrorKind::InsufficientCapacity,
+                    "InsufficientCidrBlocks",
+                ));
             }
             let mut enis = self.enis.lock().unwrap();
-            let dev = (0..).find(|d| !enis.iter().any(|e| e.attachment.as_ref().unwrap().device_index == *d)).unwrap();
+            let dev = (0..)
+                .find(|d| {
+                    !enis
+                        .iter()
+                        .any(|e| e.attachment.as_ref().unwrap().device_index == *d)
+                })
+                .unwrap();
             let primary = self.alloc(1)[0];
             let (ips, prefixes) = match addresses {
                 AddressRequest::Ips(n) => (self.alloc(n as usize), vec![]),
-                AddressRequest::Prefixes(n) => (vec![], (0..n).map(|_| self.alloc_prefix()).collect()),
+                AddressRequest::Prefixes(n) => {
+                    (vec![], (0..n).map(|_| self.alloc_prefix()).collect())
+                }
                 AddressRequest::None => (vec![], vec![]),
             };
             let info = ec2::EniInfo {
@@ -1200,13 +1832,24 @@ pub(crate) mod tests {
                 info,
             })
         }
-        async fn assign(&self, eni: &str, kind: CidrKind, count: u32) -> Result<Vec<Ipv4Net>, CloudError> {
+        async fn assign(
+            &self,
+            eni: &str,
+            kind: CidrKind,
+            count: u32,
+        ) -> Result<Vec<Ipv4Net>, CloudError> {
             self.call(format!("assign {eni} {kind:?} {count}"));
             if kind == CidrKind::Prefix && self.fail_prefix.load(Ordering::SeqCst) {
-                return Err(CloudError::new(CloudErrorKind::InsufficientCapacity, "InsufficientCidrBlocks"));
+                return Err(CloudError::new(
+                    CloudErrorKind::InsufficientCapacity,
+                    "InsufficientCidrBlocks",
+                ));
             }
             let mut enis = self.enis.lock().unwrap();
-            let e = enis.iter_mut().find(|e| e.eni_id == eni).ok_or_else(|| CloudError::new(CloudErrorKind::NotFound, eni))?;
+            let e = enis
+                .iter_mut()
+                .find(|e| e.eni_id == eni)
+                .ok_or_else(|| CloudError::new(CloudErrorKind::NotFound, eni))?;
             let mut out = Vec::new();
             for _ in 0..count {
                 if kind == CidrKind::Prefix {
@@ -1225,7 +1868,8 @@ pub(crate) mod tests {
             self.call(format!("unassign {eni} {}", cidrs.len()));
             let mut enis = self.enis.lock().unwrap();
             if let Some(e) = enis.iter_mut().find(|e| e.eni_id == eni) {
-                e.secondary_ips.retain(|ip| !cidrs.contains(&Ipv4Net::from(*ip)));
+                e.secondary_ips
+                    .retain(|ip| !cidrs.contains(&Ipv4Net::from(*ip)));
                 e.prefixes.retain(|p| !cidrs.contains(p));
             }
             Ok(())
@@ -1236,7 +1880,9 @@ pub(crate) mod tests {
             Ok(())
         }
         fn is_unmanaged(&self, eni: &ec2::EniInfo, _is_primary: bool) -> bool {
-            eni.tags.get("node.k8s.amazonaws.com/no_manage").is_some_and(|v| v == "true")
+            eni.tags
+                .get("node.k8s.amazonaws.com/no_manage")
+                .is_some_and(|v| v == "true")
         }
         async fn sweep_leaked(&self) -> Result<Vec<String>, CloudError> {
             Ok(vec![])
@@ -1257,17 +1903,27 @@ pub(crate) mod tests {
             Ok(())
         }
         fn setup_eni(&self, eni: &EniInfo) -> Result<(), String> {
-            self.calls.lock().unwrap().push(format!("setup_eni {}", eni.id));
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("setup_eni {}", eni.id));
             Ok(())
         }
         fn teardown_eni(&self, ip: Ipv4Addr, table: u32) -> Result<(), String> {
-            self.calls.lock().unwrap().push(format!("teardown {ip} {table}"));
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("teardown {ip} {table}"));
             Ok(())
         }
         fn link_names(&self) -> Result<Vec<String>, String> {
             Ok(self.links.lock().unwrap().clone())
         }
-        fn reapply_pod_rules(&self, pods: &[PodRule], prune: bool) -> Result<PodRuleReport, String> {
+        fn reapply_pod_rules(
+            &self,
+            pods: &[PodRule],
+            prune: bool,
+        ) -> Result<PodRuleReport, String> {
             let mut have = self.pod_rules.lock().unwrap();
             let mut rep = PodRuleReport::default();
             for p in pods {
@@ -1292,16 +1948,33 @@ pub(crate) mod tests {
         }
     }
 
-    pub const M5_LARGE: Limits = Limits { ipv4_per_eni: 10, max_enis: 3, max_pods: 29, unmanaged_enis: 0, trunk_reserve: 0 };
+    pub const M5_LARGE: Limits = Limits {
+        ipv4_per_eni: 10,
+        max_enis: 3,
+        max_pods: 29,
+        unmanaged_enis: 0,
+        trunk_reserve: 0,
+    };
 
     pub fn cfg(dir: &Path, vars: &[(&str, &str)]) -> Config {
-        let mut m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        m.insert("AWS_VPC_K8S_CNI_BACKING_STORE".into(), dir.join("ipam.json").display().to_string());
-        m.entry("AWS_VPC_CNI_ADD_WAIT_MS".into()).or_insert_with(|| "3000".into());
+        let mut m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        m.insert(
+            "AWS_VPC_K8S_CNI_BACKING_STORE".into(),
+            dir.join("ipam.json").display().to_string(),
+        );
+        m.entry("AWS_VPC_CNI_ADD_WAIT_MS".into())
+            .or_insert_with(|| "3000".into());
         Config::from_lookup(&move |k| m.get(k).cloned()).unwrap().0
     }
 
-    pub async fn core(dir: &Path, vars: &[(&str, &str)], cloud: FakeCloud) -> Arc<Core<FakeCloud, FakeHost>> {
+    pub async fn core(
+        dir: &Path,
+        vars: &[(&str, &str)],
+        cloud: FakeCloud,
+    ) -> Arc<Core<FakeCloud, FakeHost>> {
         let cfg = cfg(dir, vars);
         let imds = cloud.interfaces().await.unwrap();
         let described = cloud.enis.lock().unwrap().clone();
@@ -1314,7 +1987,14 @@ pub(crate) mod tests {
             vpc_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
             primary_mac: imds[0].mac.clone(),
         };
-        let c = Arc::new(Core::new(cfg, node, M5_LARGE, ds, cloud, FakeHost::default()));
+        let c = Arc::new(Core::new(
+            cfg,
+            node,
+            M5_LARGE,
+            ds,
+            cloud,
+            FakeHost::default(),
+        ));
         restore(&c).await.unwrap();
         c
     }
@@ -1323,7 +2003,11 @@ pub(crate) mod tests {
         IpamKey::new("aws-cni", c, "eth0")
     }
     fn meta(n: &str) -> PodMeta {
-        PodMeta { namespace: "default".into(), name: n.into(), interfaces_count: 1 }
+        PodMeta {
+            namespace: "default".into(),
+            name: n.into(),
+            interfaces_count: 1,
+        }
     }
 
     #[tokio::test]
@@ -1340,7 +2024,13 @@ pub(crate) mod tests {
         let s = c.with_ds(|ds| ds.stats(SystemTime::now()));
         assert_eq!((s.enis.len(), s.total(), s.assigned()), (2, 18, 1));
         assert_eq!(c.cloud().count("create"), 1);
-        assert!(c.host().calls.lock().unwrap().contains(&"setup_eni eni-1".to_string()));
+        assert!(
+            c.host()
+                .calls
+                .lock()
+                .unwrap()
+                .contains(&"setup_eni eni-1".to_string())
+        );
     }
 
     #[tokio::test]
@@ -1353,7 +2043,9 @@ pub(crate) mod tests {
         let mut hs = Vec::new();
         for i in 0..12 {
             let c = c.clone();
-            hs.push(tokio::spawn(async move { c.add(&key(&format!("c{i}")), &meta("p")).await.unwrap() }));
+            hs.push(tokio::spawn(async move {
+                c.add(&key(&format!("c{i}")), &meta("p")).await.unwrap()
+            }));
         }
         let mut addrs = BTreeSet::new();
         for h in hs {
@@ -1366,16 +2058,32 @@ pub(crate) mod tests {
         c.stop();
         pm.await.unwrap();
         // The checkpoint on disk holds all twelve.
-        let cp = checkpoint::load(&dir.path().join("ipam.json")).unwrap().unwrap();
+        let cp = checkpoint::load(&dir.path().join("ipam.json"))
+            .unwrap()
+            .unwrap();
         assert_eq!(cp.allocations.len(), 12);
     }
 
     #[tokio::test]
     async fn add_gives_up_after_the_wait_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let c = core(dir.path(), &[("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true"), ("AWS_VPC_CNI_ADD_WAIT_MS", "50")], FakeCloud::with_primary(1)).await;
-        assert!(matches!(c.add(&key("a"), &meta("a")).await.unwrap(), AddOutcome::Assigned(_)));
-        assert_eq!(c.add(&key("b"), &meta("b")).await.unwrap(), AddOutcome::NoAddress);
+        let c = core(
+            dir.path(),
+            &[
+                ("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true"),
+                ("AWS_VPC_CNI_ADD_WAIT_MS", "50"),
+            ],
+            FakeCloud::with_primary(1),
+        )
+        .await;
+        assert!(matches!(
+            c.add(&key("a"), &meta("a")).await.unwrap(),
+            AddOutcome::Assigned(_)
+        ));
+        assert_eq!(
+            c.add(&key("b"), &meta("b")).await.unwrap(),
+            AddOutcome::NoAddress
+        );
         assert_eq!(c.pending(), 0);
         assert_eq!(c.counters.add_no_address.load(Ordering::Relaxed), 1);
     }
@@ -1384,8 +2092,12 @@ pub(crate) mod tests {
     async fn add_idempotent_del_legacy_and_unknown() {
         let dir = tempfile::tempdir().unwrap();
         let c = core(dir.path(), &[], FakeCloud::with_primary(9)).await;
-        let AddOutcome::Assigned(a) = c.add(&key("c1"), &meta("p")).await.unwrap() else { panic!() };
-        let AddOutcome::Assigned(b) = c.add(&key("c1"), &meta("p")).await.unwrap() else { panic!() };
+        let AddOutcome::Assigned(a) = c.add(&key("c1"), &meta("p")).await.unwrap() else {
+            panic!()
+        };
+        let AddOutcome::Assigned(b) = c.add(&key("c1"), &meta("p")).await.unwrap() else {
+            panic!()
+        };
         assert_eq!(a.addr, b.addr);
         assert!(b.existing);
         let r = c.del(&key("c1")).unwrap();
@@ -1393,7 +2105,9 @@ pub(crate) mod tests {
         let e = c.del(&key("c1")).unwrap_err();
         assert_eq!(e.to_string(), "datastore: unknown pod");
         // The released address is cooling, persisted in the sidecar.
-        let st = checkpoint::load_state(&dir.path().join("ipam.json.awscni-state")).unwrap().unwrap();
+        let st = checkpoint::load_state(&dir.path().join("ipam.json.awscni-state"))
+            .unwrap()
+            .unwrap();
         assert_eq!(st.cooldown.len(), 1);
         assert_eq!(st.cooldown[0].ipv4, a.addr.to_string());
     }
@@ -1418,23 +2132,34 @@ pub(crate) mod tests {
         let c = core(dir.path(), &[], cloud).await;
         let mut held = Vec::new();
         for (i, n) in ["alive", "gone"].iter().enumerate() {
-            let AddOutcome::Assigned(a) = c.add(&key(&format!("c{i}")), &meta(n)).await.unwrap() else { panic!() };
+            let AddOutcome::Assigned(a) = c.add(&key(&format!("c{i}")), &meta(n)).await.unwrap()
+            else {
+                panic!()
+            };
             held.push(a);
         }
         // "Restart": a new core over the same cloud state and files; only "alive" has a veth.
         let enis = c.cloud().enis.lock().unwrap().clone();
-        let cloud2 = FakeCloud { enis: Mutex::new(enis), ..Default::default() };
+        let cloud2 = FakeCloud {
+            enis: Mutex::new(enis),
+            ..Default::default()
+        };
         let cfg = cfg(dir.path(), &[]);
         let imds = cloud2.interfaces().await.unwrap();
         let ds = build_datastore(&cfg, &imds, None, &BTreeSet::new());
         let host = FakeHost::default();
-        host.links.lock().unwrap().push(format!("eni{}", checkpoint::veth_hash("default", "alive")));
+        host.links
+            .lock()
+            .unwrap()
+            .push(format!("eni{}", checkpoint::veth_hash("default", "alive")));
         let c2 = Core::new(cfg, c.node.clone(), M5_LARGE, ds, cloud2, host);
         restore(&c2).await.unwrap();
         assert_eq!(c2.lookup(&key("c0")).unwrap().addr, held[0].addr);
         assert!(c2.lookup(&key("c1")).is_none());
         // The dropped pod's address is cooling, not handed out again right away.
-        let AddOutcome::Assigned(n) = c2.add(&key("c9"), &meta("new")).await.unwrap() else { panic!() };
+        let AddOutcome::Assigned(n) = c2.add(&key("c9"), &meta("new")).await.unwrap() else {
+            panic!()
+        };
         assert_ne!(n.addr, held[1].addr);
         assert_ne!(n.addr, held[0].addr);
         // Startup pruning of pod rules keeps only restored pods.
@@ -1449,19 +2174,32 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cloud = FakeCloud::with_primary(0);
         cloud.fail_prefix.store(true, Ordering::SeqCst);
-        let c = core(dir.path(), &[("ENABLE_PREFIX_DELEGATION", "true"), ("WARM_PREFIX_TARGET", "1")], cloud).await;
+        let c = core(
+            dir.path(),
+            &[
+                ("ENABLE_PREFIX_DELEGATION", "true"),
+                ("WARM_PREFIX_TARGET", "1"),
+            ],
+            cloud,
+        )
+        .await;
         c.pool_pass().await;
         let s = c.with_ds(|ds| ds.stats(SystemTime::now()));
         assert!(s.total() >= 9, "{s:?}");
         assert!(c.counters.prefix_fallbacks.load(Ordering::Relaxed) >= 1);
-        assert!(matches!(c.add(&key("c"), &meta("p")).await.unwrap(), AddOutcome::Assigned(_)));
+        assert!(matches!(
+            c.add(&key("c"), &meta("p")).await.unwrap(),
+            AddOutcome::Assigned(_)
+        ));
     }
 
     #[tokio::test]
     async fn reconcile_adds_removes_and_repairs() {
         let dir = tempfile::tempdir().unwrap();
         let c = core(dir.path(), &[], FakeCloud::with_primary(3)).await;
-        let AddOutcome::Assigned(a) = c.add(&key("c1"), &meta("p")).await.unwrap() else { panic!() };
+        let AddOutcome::Assigned(a) = c.add(&key("c1"), &meta("p")).await.unwrap() else {
+            panic!()
+        };
         // Someone removes the pod's address and adds another one, behind our back.
         let extra = Ipv4Addr::new(10, 0, 9, 9);
         {
@@ -1474,23 +2212,43 @@ pub(crate) mod tests {
         assert_eq!(forced.len(), 1);
         assert_eq!(forced[0].addr, a.addr);
         assert!(c.lookup(&key("c1")).is_none());
-        assert!(c.with_ds(|ds| ds.eni_cidrs("eni-0")).contains(&Ipv4Net::from(extra)));
+        assert!(
+            c.with_ds(|ds| ds.eni_cidrs("eni-0"))
+                .contains(&Ipv4Net::from(extra))
+        );
         assert_eq!(c.counters.force_removed.load(Ordering::Relaxed), 1);
         // Steady state: nothing to do, no EC2 calls.
         let before = c.cloud().calls.lock().unwrap().len();
-        let AddOutcome::Assigned(b) = c.add(&key("c2"), &meta("p")).await.unwrap() else { panic!() };
+        let AddOutcome::Assigned(b) = c.add(&key("c2"), &meta("p")).await.unwrap() else {
+            panic!()
+        };
         c.host().pod_rules.lock().unwrap().clear();
         assert!(c.reconcile().await.is_empty());
         assert_eq!(c.cloud().calls.lock().unwrap().len(), before);
-        assert!(c.host().pod_rules.lock().unwrap().iter().any(|r| r.ip == b.addr));
+        assert!(
+            c.host()
+                .pod_rules
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.ip == b.addr)
+        );
     }
 
     #[tokio::test]
     async fn shrink_releases_enis_after_min_age() {
         let dir = tempfile::tempdir().unwrap();
-        let c = core(dir.path(), &[("IP_COOLDOWN_PERIOD", "0")], FakeCloud::with_primary(9)).await;
+        let c = core(
+            dir.path(),
+            &[("IP_COOLDOWN_PERIOD", "0")],
+            FakeCloud::with_primary(9),
+        )
+        .await;
         for i in 0..12 {
-            assert!(matches!(c.add(&key(&format!("c{i}")), &meta("p")).await.unwrap(), AddOutcome::Assigned(_)));
+            assert!(matches!(
+                c.add(&key(&format!("c{i}")), &meta("p")).await.unwrap(),
+                AddOutcome::Assigned(_)
+            ));
             c.pool_pass().await;
         }
         assert_eq!(c.with_ds(|ds| ds.stats(SystemTime::now()).enis.len()), 3);

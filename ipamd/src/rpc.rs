@@ -35,7 +35,11 @@ pub fn client_version_ok(client: &str, own: &str, allow: &[String]) -> bool {
 
 /// Upstream's rejection, same code and message format.
 fn version_status(client: &str, own: &str) -> Status {
-    tracing::warn!(client, server = own, "rejecting plugin with a different ClientVersion");
+    tracing::warn!(
+        client,
+        server = own,
+        "rejecting plugin with a different ClientVersion"
+    );
     Status::failed_precondition(format!("wrong client version {client:?} (!= {own:?})"))
 }
 
@@ -73,7 +77,11 @@ impl<C: Cloud, H: Host> Services<C, H> {
     }
 
     fn check_version(&self, client: &str) -> Result<(), Status> {
-        if client_version_ok(client, &self.version, &self.core.cfg.client_version_allowlist) {
+        if client_version_ok(
+            client,
+            &self.version,
+            &self.core.cfg.client_version_allowlist,
+        ) {
             Ok(())
         } else {
             Err(version_status(client, &self.version))
@@ -84,7 +92,13 @@ impl<C: Cloud, H: Host> Services<C, H> {
     /// external (upstream).
     fn vpc_cidrs(&self) -> Vec<String> {
         let cfg = &self.core.cfg;
-        let mut v: Vec<String> = self.core.node.vpc_cidrs.iter().map(|c| c.to_string()).collect();
+        let mut v: Vec<String> = self
+            .core
+            .node
+            .vpc_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         if !cfg.external_snat {
             v.extend(cfg.exclude_snat_cidrs.iter().map(|c| c.to_string()));
         }
@@ -168,7 +182,12 @@ impl<C: Cloud, H: Host> ConfigServerBackend for Services<C, H> {
     ) -> Result<Response<NetworkPolicyAgentConfigReply>, Status> {
         let node = &self.core.node;
         Ok(Response::new(NetworkPolicyAgentConfigReply {
-            network_policy_mode: self.core.cfg.network_policy_enforcing_mode.as_str().to_owned(),
+            network_policy_mode: self
+                .core
+                .cfg
+                .network_policy_enforcing_mode
+                .as_str()
+                .to_owned(),
             multi_nic_enabled: false,
             node_i_pv4: node.node_ip.map(|i| i.to_string()).unwrap_or_default(),
             node_i_pv6: String::new(),
@@ -180,7 +199,10 @@ impl<C: Cloud, H: Host> ConfigServerBackend for Services<C, H> {
 
 #[tonic::async_trait]
 impl<C: Cloud, H: Host> CniExtensions for Services<C, H> {
-    async fn garbage_collect(&self, request: Request<GcRequest>) -> Result<Response<GcReply>, Status> {
+    async fn garbage_collect(
+        &self,
+        request: Request<GcRequest>,
+    ) -> Result<Response<GcReply>, Status> {
         let r = request.into_inner();
         self.check_version(&r.client_version)?;
         if r.network_name.is_empty() {
@@ -242,7 +264,10 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 /// The tonic router with every service, plus the health reporter.
 pub fn router<C: Cloud, H: Host>(
     svc: Services<C, H>,
-) -> (tonic::transport::server::Router, tonic_health::server::HealthReporter) {
+) -> (
+    tonic::transport::server::Router,
+    tonic_health::server::HealthReporter,
+) {
     let (reporter, health) = tonic_health::server::health_reporter();
     let router = tonic::transport::Server::builder()
         .add_service(health)
@@ -274,12 +299,20 @@ mod tests {
     #[test]
     fn version_policy() {
         let allow = vec!["v1.23.1".to_string()];
-        for (client, ok) in [("", true), ("0.1.0", true), ("v1.23.1", true), ("v1.22.0", false)] {
+        for (client, ok) in [
+            ("", true),
+            ("0.1.0", true),
+            ("v1.23.1", true),
+            ("v1.22.0", false),
+        ] {
             assert_eq!(client_version_ok(client, "0.1.0", &allow), ok, "{client}");
         }
         let s = version_status("v1.22.0", "0.1.0");
         assert_eq!(s.code(), tonic::Code::FailedPrecondition);
-        assert_eq!(s.message(), r#"wrong client version "v1.22.0" (!= "0.1.0")"#);
+        assert_eq!(
+            s.message(),
+            r#"wrong client version "v1.22.0" (!= "0.1.0")"#
+        );
     }
 
     fn add_req(c: &str, version: &str) -> AddNetworkRequest {
@@ -297,19 +330,35 @@ mod tests {
     #[tokio::test]
     async fn add_del_over_services() {
         let dir = tempfile::tempdir().unwrap();
-        let c = core(dir.path(), &[("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "192.168.0.0/16")], FakeCloud::with_primary(9)).await;
+        let c = core(
+            dir.path(),
+            &[("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "192.168.0.0/16")],
+            FakeCloud::with_primary(9),
+        )
+        .await;
         let svc = Services::new(c.clone(), "1.0");
-        let r = svc.add_network(Request::new(add_req("c1", "1.0"))).await.unwrap().into_inner();
+        let r = svc
+            .add_network(Request::new(add_req("c1", "1.0")))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.success);
         assert_eq!(r.ip_allocation_metadata.len(), 1);
         assert_eq!(r.ip_allocation_metadata[0].route_table_id, 254);
         assert_eq!(r.vp_cv4_cid_rs, ["10.0.0.0/16", "192.168.0.0/16"]);
         let ip = r.ip_allocation_metadata[0].i_pv4_addr.clone();
         // Wrong version.
-        let e = svc.add_network(Request::new(add_req("c2", "9.9"))).await.unwrap_err();
+        let e = svc
+            .add_network(Request::new(add_req("c2", "9.9")))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         // Empty key part: Success=false, status OK.
-        let r = svc.add_network(Request::new(add_req("", ""))).await.unwrap().into_inner();
+        let r = svc
+            .add_network(Request::new(add_req("", "")))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!r.success && r.ip_allocation_metadata.is_empty());
         // CHECK.
         let chk = svc
@@ -331,7 +380,11 @@ mod tests {
             if_name: "eth0".into(),
             ..Default::default()
         };
-        let r = svc.del_network(Request::new(del.clone())).await.unwrap().into_inner();
+        let r = svc
+            .del_network(Request::new(del.clone()))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.success);
         assert_eq!(r.ip_allocation_metadata[0].i_pv4_addr, ip);
         let e = svc.del_network(Request::new(del)).await.unwrap_err();
@@ -345,7 +398,13 @@ mod tests {
         let c = core(dir.path(), &[], FakeCloud::with_primary(9)).await;
         let svc = Services::new(c.clone(), "1.0");
         for id in ["keep", "drop1", "drop2"] {
-            assert!(svc.add_network(Request::new(add_req(id, ""))).await.unwrap().into_inner().success);
+            assert!(
+                svc.add_network(Request::new(add_req(id, "")))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .success
+            );
         }
         let r = svc
             .garbage_collect(Request::new(GcRequest {
@@ -395,7 +454,10 @@ mod tests {
         .unwrap();
         assert!(healthy.0, "{healthy:?}");
         assert!(reply.success);
-        assert!(c.lookup(&IpamKey::new("aws-cni", "c-sock", "eth0")).is_some());
+        assert!(
+            c.lookup(&IpamKey::new("aws-cni", "c-sock", "eth0"))
+                .is_some()
+        );
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
     }

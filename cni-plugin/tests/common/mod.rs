@@ -7,6 +7,9 @@ use std::process::Command;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod fake_ipamd;
+pub mod node;
+
 use aws_cni::netlink::Netlink;
 use aws_cni::netns::NetNs;
 

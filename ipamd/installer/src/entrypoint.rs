@@ -155,8 +155,16 @@ pub async fn run(cfg: &EntrypointConfig, opts: &RunOptions) -> Result<i32, Entry
             _ = sigint.recv() => { terminating = true; forward(&child, Signal::SIGINT); }
             r = check, if !terminating => match r {
                 Ok(ServingStatus::Serving) => break,
-                Ok(s) => tracing::info!(attempt = attempts, status = s.as_str_name(), "ipamd not serving yet"),
-                Err(e) => tracing::info!(attempt = attempts, error = %e, "ipamd not healthy yet"),
+                // Node init (ENI attach, pool fill) can take tens of seconds: say so now and
+                // then, not on every poll.
+                Ok(s) if attempts == 1 || attempts.rem_euclid(10) == 0 => tracing::info!(
+                    attempt = attempts, status = s.as_str_name(), "waiting for ipamd to be healthy"
+                ),
+                Err(e) if attempts == 1 || attempts.rem_euclid(10) == 0 => tracing::info!(
+                    attempt = attempts, error = %e, "waiting for ipamd to be healthy"
+                ),
+                Ok(s) => tracing::debug!(attempt = attempts, status = s.as_str_name(), "ipamd not serving yet"),
+                Err(e) => tracing::debug!(attempt = attempts, error = %e, "ipamd not healthy yet"),
             },
         }
     }

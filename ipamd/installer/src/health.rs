@@ -195,8 +195,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let part = c.to_string();
+        // hyper and tonic often repeat the inner message in the outer one.
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
         cur = c.source();
     }
     s

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Layout, Proc, entries, wait_for};
+use common::{Layout, entries, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -18,20 +18,22 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn conflist_only_after_health(listen_early: bool) {
     let l = Layout::new();
-    let mut child = Proc(
+    let mut child = l.spawn(
         l.entrypoint()
             .env("FAKE_IPAMD_SERVE_AFTER_MS", "1500")
-            .env("FAKE_IPAMD_LISTEN_EARLY", if listen_early { "1" } else { "0" })
+            .env(
+                "FAKE_IPAMD_LISTEN_EARLY",
+                if listen_early { "1" } else { "0" },
+            )
             .env("POD_MTU", "1450")
             .env("AWS_VPC_K8S_CNI_VETHPREFIX", "abc")
-            .env("ENABLE_BANDWIDTH_PLUGIN", "true")
-            .spawn()
-            .unwrap(),
+            .env("ENABLE_BANDWIDTH_PLUGIN", "true"),
     );
     assert!(
         wait_for(LIMIT, || l.conflist().exists()),
-        "conflist never written; report: {:?}",
-        l.report_lines()
+        "conflist never written; report: {:?}\n{}",
+        l.report_lines(),
+        l.log()
     );
     let report = l.report_lines();
     // Seen by ipamd itself at the instant before it turned SERVING.
@@ -52,7 +54,11 @@ fn conflist_only_after_health(listen_early: bool) {
     assert_eq!(v["plugins"][0]["vethPrefix"], "abc");
     assert_eq!(v["plugins"][1]["type"], "portmap");
     assert_eq!(v["plugins"][2]["type"], "bandwidth");
-    let mode = std::fs::metadata(l.conflist()).unwrap().permissions().mode() & 0o7777;
+    let mode = std::fs::metadata(l.conflist())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
     assert_eq!(mode, 0o644);
 
     let plugin = l.bin.join("aws-cni");
@@ -70,8 +76,10 @@ fn conflist_only_after_health(listen_early: bool) {
 
     // SIGTERM to the entrypoint reaches ipamd, and a requested stop is a clean exit.
     kill(Pid::from_raw(child.pid()), Signal::SIGTERM).unwrap();
-    let st = child.wait_timeout(LIMIT).expect("entrypoint did not exit");
-    assert_eq!(st.code(), Some(0), "{st:?}");
+    let st = child
+        .wait_timeout(LIMIT)
+        .unwrap_or_else(|| panic!("entrypoint did not exit: {}", l.log()));
+    assert_eq!(st.code(), Some(0), "{st:?}\n{}", l.log());
     assert!(
         l.report_lines().contains(&"sigterm".to_string()),
         "{:?}",
@@ -95,15 +103,20 @@ fn conflist_written_only_after_health_check_passes_socket_absent_first() {
 fn exits_nonzero_when_ipamd_dies_after_becoming_healthy() {
     for (ipamd_code, want) in [("0", 1), ("7", 7)] {
         let l = Layout::new();
-        let mut child = Proc(
+        let mut child = l.spawn(
             l.entrypoint()
                 .env("FAKE_IPAMD_EXIT_AFTER_MS", "1500")
-                .env("FAKE_IPAMD_EXIT_CODE", ipamd_code)
-                .spawn()
-                .unwrap(),
+                .env("FAKE_IPAMD_EXIT_CODE", ipamd_code),
         );
-        let st = child.wait_timeout(LIMIT).expect("entrypoint did not exit");
-        assert_eq!(st.code(), Some(want), "ipamd exit {ipamd_code}: {st:?}");
+        let st = child
+            .wait_timeout(LIMIT)
+            .unwrap_or_else(|| panic!("entrypoint did not exit: {}", l.log()));
+        assert_eq!(
+            st.code(),
+            Some(want),
+            "ipamd exit {ipamd_code}: {st:?}\n{}",
+            l.log()
+        );
         // It was healthy first, so the conflist had been written.
         assert!(l.conflist().exists());
     }
@@ -112,17 +125,17 @@ fn exits_nonzero_when_ipamd_dies_after_becoming_healthy() {
 #[test]
 fn exits_nonzero_and_writes_no_conflist_when_ipamd_dies_before_health() {
     let l = Layout::new();
-    let mut child = Proc(
+    let mut child = l.spawn(
         l.entrypoint()
             .env("FAKE_IPAMD_SERVE_AFTER_MS", "600000")
             .env("FAKE_IPAMD_LISTEN_EARLY", "1")
             .env("FAKE_IPAMD_EXIT_AFTER_MS", "800")
-            .env("FAKE_IPAMD_EXIT_CODE", "3")
-            .spawn()
-            .unwrap(),
+            .env("FAKE_IPAMD_EXIT_CODE", "3"),
     );
-    let st = child.wait_timeout(LIMIT).expect("entrypoint did not exit");
-    assert_eq!(st.code(), Some(3), "{st:?}");
+    let st = child
+        .wait_timeout(LIMIT)
+        .unwrap_or_else(|| panic!("entrypoint did not exit: {}", l.log()));
+    assert_eq!(st.code(), Some(3), "{st:?}\n{}", l.log());
     assert!(!l.conflist().exists());
     assert!(l.report_lines().contains(&"exit=3".to_string()));
 }
@@ -139,7 +152,10 @@ fn invalid_environment_names_variable_and_value_and_starts_nothing() {
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("POD_MTU=\"70000\""), "{err}");
-    assert!(err.contains("AWS_VPC_K8S_PLUGIN_LOG_FILE=\"stdout\""), "{err}");
+    assert!(
+        err.contains("AWS_VPC_K8S_PLUGIN_LOG_FILE=\"stdout\""),
+        "{err}"
+    );
     assert!(!l.bin.exists(), "plugin installed despite invalid env");
     assert!(!l.report.exists(), "ipamd started despite invalid env");
 }
@@ -174,8 +190,12 @@ fn plugin_copy_is_atomic_for_concurrent_readers() {
     let seen_new = Arc::new(AtomicUsize::new(0));
     let seen_old = Arc::new(AtomicUsize::new(0));
     let watcher = {
-        let (stop, seen_new, seen_old, dest) =
-            (stop.clone(), seen_new.clone(), seen_old.clone(), dest.clone());
+        let (stop, seen_new, seen_old, dest) = (
+            stop.clone(),
+            seen_new.clone(),
+            seen_old.clone(),
+            dest.clone(),
+        );
         std::thread::spawn(move || -> Result<(), String> {
             let mut buf = Vec::with_capacity(NEW_LEN);
             while !stop.load(Ordering::Relaxed) {
@@ -203,20 +223,25 @@ fn plugin_copy_is_atomic_for_concurrent_readers() {
         })
     };
     // Let ipamd die right after becoming healthy: only the copy matters here.
-    let mut child = Proc(
+    let mut child = l.spawn(
         l.entrypoint()
             .env("FAKE_IPAMD_EXIT_AFTER_MS", "300")
-            .env("FAKE_IPAMD_EXIT_CODE", "9")
-            .spawn()
-            .unwrap(),
+            .env("FAKE_IPAMD_EXIT_CODE", "9"),
     );
-    let st = child.wait_timeout(LIMIT).expect("entrypoint did not exit");
+    let st = child
+        .wait_timeout(LIMIT)
+        .unwrap_or_else(|| panic!("entrypoint did not exit: {}", l.log()));
     // Keep reading a little after the copy too, so the new file is observed.
-    wait_for(Duration::from_secs(10), || seen_new.load(Ordering::Relaxed) > 0);
+    wait_for(Duration::from_secs(10), || {
+        seen_new.load(Ordering::Relaxed) > 0
+    });
     stop.store(true, Ordering::Relaxed);
     watcher.join().unwrap().unwrap();
     assert_eq!(st.code(), Some(9));
     assert!(seen_new.load(Ordering::Relaxed) > 0);
-    assert!(seen_old.load(Ordering::Relaxed) > 0, "watcher never saw the old file");
+    assert!(
+        seen_old.load(Ordering::Relaxed) > 0,
+        "watcher never saw the old file"
+    );
     assert_eq!(entries(&l.bin), vec!["aws-cni"]);
 }

@@ -1,4 +1,5 @@
 //! The `max-pods` binary: output, exit codes, messages, IMDS.
+#![cfg(feature = "cli")]
 #![allow(clippy::unwrap_used)]
 
 use awscni_limits::{Options, PdPolicy, all, compute, lookup, parse_eni_max_pods};
@@ -384,6 +385,7 @@ fn imds_failures_are_clear() {
     assert!(stderr(&o).contains("ftp://x"), "{}", stderr(&o));
 }
 
+#[cfg(feature = "ec2")]
 #[test]
 fn from_ec2_unreachable_endpoint_fails_cleanly() {
     let port = TcpListener::bind("127.0.0.1:0")

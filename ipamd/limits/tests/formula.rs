@@ -57,13 +57,32 @@ fn calc() -> Options {
     }
 }
 
+/// One row of reference §5: type, vcpus, cards, instance ENIs, default-card ENIs, IPv4/ENI,
+/// nitro, bare metal, SIP, PD uncapped (daemon rule), custom networking, calculator
+/// recommendation SIP, calculator recommendation PD.
+type Row = (
+    &'static str,
+    u32,
+    usize,
+    u32,
+    u32,
+    u32,
+    bool,
+    bool,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+);
+
 /// max-pods.md §5, every column, computed from the committed table.
 #[test]
 fn reference_examples_from_table() {
     // type, vcpus, cards, instance ENIs, default-card ENIs, IPv4/ENI, nitro, bare metal,
     // SIP, PD uncapped (daemon rule), custom networking, calculator rec SIP, calculator rec PD
     #[rustfmt::skip]
-    let rows: &[(&str, u32, usize, u32, u32, u32, bool, bool, u32, u32, u32, u32, u32)] = &[
+    let rows: &[Row] = &[
         ("t3.micro",      2,  1,  2,  2,  2, true,  false,   4,    34,   3,   4,  34),
         ("t3.medium",     2,  1,  3,  3,  6, true,  false,  17,   242,  12,  17, 110),
         ("m5.large",      2,  1,  3,  3, 10, true,  false,  29,   434,  20,  29, 110),

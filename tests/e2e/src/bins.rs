@@ -25,36 +25,41 @@ impl Bins {
     /// `target/<profile>/deps/`, a bench binary from `target/<profile>/`; `cargo build
     /// --workspace --bins` puts the binaries in `target/<profile>/`. [`BIN_DIR_ENV`] overrides.
     pub fn locate() -> anyhow::Result<Self> {
-        let dir = match std::env::var_os(BIN_DIR_ENV) {
-            Some(d) => PathBuf::from(d),
-            None => {
-                let exe = std::env::current_exe().context("cannot find the running executable")?;
-                let mut dir = exe
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .with_context(|| format!("{} has no parent directory", exe.display()))?;
-                if dir.file_name().is_some_and(|n| n == "deps") {
-                    dir.pop();
-                }
-                dir
-            }
-        };
-        let find = |name: &str| -> anyhow::Result<PathBuf> {
-            let p = dir.join(name);
-            anyhow::ensure!(
-                p.is_file(),
-                "binary {name} not found at {} — build them first with \
-                 `cargo build --workspace --bins` (scripts/test.sh does), or point {BIN_DIR_ENV} \
-                 at the directory holding them",
-                p.display()
-            );
-            Ok(p)
-        };
         Ok(Self {
             vpcsim: find("vpcsim")?,
             ipamd: find("ipamd")?,
             aws_cni: find("aws-cni")?,
-            dir,
+            dir: bin_dir()?,
         })
     }
+}
+
+/// The directory holding the binaries (see [`Bins::locate`]).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os(BIN_DIR_ENV) {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe().context("cannot find the running executable")?;
+    let mut dir = exe
+        .parent()
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} has no parent directory", exe.display()))?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// One binary in [`bin_dir`], or a clear error saying how to build it.
+pub fn find(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = bin_dir()?;
+    let p = dir.join(name);
+    anyhow::ensure!(
+        p.is_file(),
+        "binary {name} not found at {} — build the binaries first with \
+         `cargo build --workspace --bins` (scripts/test.sh does), or point {BIN_DIR_ENV} \
+         at the directory holding them",
+        p.display()
+    );
+    Ok(p)
 }

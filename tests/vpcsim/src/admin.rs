@@ -78,7 +78,11 @@ async fn set_fault(
     let spec: FaultSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("bad FaultSpec JSON: {e}\n")).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("bad FaultSpec JSON: {e}\n"),
+            )
+                .into_response();
         }
     };
     match lock(&sim.faults).set(&action, spec) {

@@ -91,13 +91,16 @@ impl Faults {
                 spec.error_rate
             ));
         }
-        if let Some(t) = &spec.throttle
-            && (!(t.rate_per_sec >= 0.0) || !(t.burst >= 1.0))
-        {
-            return Err(format!(
-                "throttle needs rate_per_sec >= 0 and burst >= 1, got {} and {}",
-                t.rate_per_sec, t.burst
-            ));
+        if let Some(t) = &spec.throttle {
+            // Written so that NaN fails too.
+            let rate_ok = t.rate_per_sec.is_finite() && t.rate_per_sec >= 0.0;
+            let burst_ok = t.burst.is_finite() && t.burst >= 1.0;
+            if !rate_ok || !burst_ok {
+                return Err(format!(
+                    "throttle needs rate_per_sec >= 0 and burst >= 1, got {} and {}",
+                    t.rate_per_sec, t.burst
+                ));
+            }
         }
         self.buckets.remove(action);
         self.specs.insert(action.to_string(), spec);
@@ -144,7 +147,10 @@ impl Faults {
             if b.tokens >= 1.0 {
                 b.tokens -= 1.0;
             } else {
-                d.error = Some(ApiError::new("RequestLimitExceeded", "Request limit exceeded."));
+                d.error = Some(ApiError::new(
+                    "RequestLimitExceeded",
+                    "Request limit exceeded.",
+                ));
                 d.throttled = true;
                 return d;
             }
@@ -189,8 +195,16 @@ mod tests {
         assert_eq!(third.error.unwrap().code, "RequestLimitExceeded");
         // Other actions are not affected.
         assert!(f.decide("B", t0).error.is_none());
-        assert!(f.decide("A", t0 + Duration::from_millis(1100)).error.is_none());
-        assert!(f.decide("A", t0 + Duration::from_millis(1100)).error.is_some());
+        assert!(
+            f.decide("A", t0 + Duration::from_millis(1100))
+                .error
+                .is_none()
+        );
+        assert!(
+            f.decide("A", t0 + Duration::from_millis(1100))
+                .error
+                .is_some()
+        );
     }
 
     #[test]
@@ -214,7 +228,10 @@ mod tests {
         let a = run();
         assert_eq!(a, run());
         let n = a.iter().filter(|b| **b).count();
-        assert!((200..400).contains(&n), "{n} errors out of 1000 at rate 0.3");
+        assert!(
+            (200..400).contains(&n),
+            "{n} errors out of 1000 at rate 0.3"
+        );
     }
 
     #[test]

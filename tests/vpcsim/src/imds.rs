@@ -180,7 +180,10 @@ fn build_tree(ctx: &Ctx) -> Option<Tree> {
         })
         .to_string(),
     );
-    put(format!("{md}/iam/security-credentials/{ROLE_NAME}"), credentials());
+    put(
+        format!("{md}/iam/security-credentials/{ROLE_NAME}"),
+        credentials(),
+    );
     put(format!("{md}/instance-id"), node.instance_id.clone());
     put(format!("{md}/instance-type"), node.instance_type.clone());
     for e in &node.enis {
@@ -226,10 +229,17 @@ fn build_tree(ctx: &Ctx) -> Option<Tree> {
         put(format!("{base}/security-group-ids"), e.groups.join("\n"));
         put(
             format!("{base}/security-groups"),
-            e.groups.iter().map(group_name).collect::<Vec<_>>().join("\n"),
+            e.groups
+                .iter()
+                .map(group_name)
+                .collect::<Vec<_>>()
+                .join("\n"),
         );
         put(format!("{base}/subnet-id"), e.subnet_id.clone());
-        put(format!("{base}/subnet-ipv4-cidr-block"), e.subnet_cidr.to_string());
+        put(
+            format!("{base}/subnet-ipv4-cidr-block"),
+            e.subnet_cidr.to_string(),
+        );
         put(format!("{base}/vpc-id"), vpc_id.clone());
         put(format!("{base}/vpc-ipv4-cidr-block"), vpc_cidr.to_string());
         put(format!("{base}/vpc-ipv4-cidr-blocks"), vpc_cidr.to_string());

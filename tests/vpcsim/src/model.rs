@@ -523,8 +523,7 @@ impl Model {
             },
         );
         m.default_group = sg;
-        m.history
-            .push_back((now, 0, Arc::new(NetState::default())));
+        m.history.push_back((now, 0, Arc::new(NetState::default())));
         m
     }
 
@@ -656,14 +655,19 @@ impl Model {
             return (0, Arc::new(NetState::default()));
         };
         // An instance boots with its primary ENI: a node created less than a lag ago is shown
-        // as it is now rather than missing (only later changes lag).
+        // in its first recorded (boot) state rather than missing; later changes still lag.
         let newest = self.history.back().map(|(_, _, s)| s.clone());
-        let missing: Vec<NodeState> = newest
-            .iter()
-            .flat_map(|n| n.nodes.iter())
-            .filter(|n| !lagged.nodes.iter().any(|l| l.instance_id == n.instance_id))
-            .cloned()
-            .collect();
+        let mut missing: Vec<NodeState> = Vec::new();
+        for n in newest.iter().flat_map(|s| s.nodes.iter()) {
+            if lagged.nodes.iter().any(|l| l.instance_id == n.instance_id) {
+                continue;
+            }
+            let boot = self
+                .history
+                .iter()
+                .find_map(|(_, _, s)| s.nodes.iter().find(|b| b.instance_id == n.instance_id));
+            missing.push(boot.unwrap_or(n).clone());
+        }
         let subnets_missing = newest
             .as_ref()
             .is_some_and(|n| n.subnets.len() != lagged.subnets.len());
@@ -701,8 +705,7 @@ impl Model {
             if att.state != AttachState::Attached {
                 continue;
             }
-            let Some(node) = nodes.iter_mut().find(|n| n.instance_id == att.instance_id)
-            else {
+            let Some(node) = nodes.iter_mut().find(|n| n.instance_id == att.instance_id) else {
                 continue;
             };
             let Some(subnet) = self.subnets.get(&eni.subnet_id) else {
@@ -830,7 +833,11 @@ impl Model {
 
     /// Launches an instance in `subnet_id` with its primary ENI attached at device 0 on the
     /// default card (`attached` at once, `DeleteOnTermination` true).
-    pub fn run_instance(&mut self, instance_type: &str, subnet_id: &str) -> ApiResult<InstanceInfo> {
+    pub fn run_instance(
+        &mut self,
+        instance_type: &str,
+        subnet_id: &str,
+    ) -> ApiResult<InstanceInfo> {
         let limits = types::lookup(instance_type).ok_or_else(|| {
             ApiError::new(
                 "InvalidInstanceType",
@@ -952,7 +959,9 @@ impl Model {
                 )));
             }
             if !seen_blocks.insert(base) {
-                return Err(ApiError::invalid_value(format!("Prefix '{p}' is given twice")));
+                return Err(ApiError::invalid_value(format!(
+                    "Prefix '{p}' is given twice"
+                )));
             }
             if ips.iter().any(|ip| p.contains(ip)) || !subnet.block_free(base) {
                 return Err(ApiError::invalid_value(format!(
@@ -1045,9 +1054,10 @@ impl Model {
         out_ips.extend(ips.into_iter().map(Ipv4Addr::from));
         let mut out_prefixes: Vec<Ipv4Net> = explicit_prefixes.to_vec();
         for b in blocks {
-            out_prefixes.push(Ipv4Net::new(Ipv4Addr::from(b), 28).map_err(|e| {
-                ApiError::new("InternalError", format!("bad prefix: {e}"))
-            })?);
+            out_prefixes.push(
+                Ipv4Net::new(Ipv4Addr::from(b), 28)
+                    .map_err(|e| ApiError::new("InternalError", format!("bad prefix: {e}")))?,
+            );
         }
         Ok((out_ips, out_prefixes))
     }
@@ -1097,8 +1107,13 @@ impl Model {
         Self::check_explicit(&subnet, &explicit, &req.prefixes)?;
         // Primary: explicit or one more picked address.
         let extra_primary = usize::from(req.primary_ip.is_none());
-        let (ips, prefixes) =
-            self.allocate(&subnet.id, &explicit, count + extra_primary, &req.prefixes, pcount)?;
+        let (ips, prefixes) = self.allocate(
+            &subnet.id,
+            &explicit,
+            count + extra_primary,
+            &req.prefixes,
+            pcount,
+        )?;
         let (primary, secondaries) = match req.primary_ip {
             Some(p) => (p, ips.iter().copied().filter(|a| *a != p).collect()),
             None => {
@@ -1106,7 +1121,10 @@ impl Model {
                 let mut v = ips.clone();
                 let idx = req.secondary_ips.len();
                 if idx >= v.len() {
-                    return Err(ApiError::new("InternalError", "primary address not allocated"));
+                    return Err(ApiError::new(
+                        "InternalError",
+                        "primary address not allocated",
+                    ));
                 }
                 let p = v.remove(idx);
                 (p, v)
@@ -1354,7 +1372,11 @@ impl Model {
     }
 
     /// `AssignPrivateIpAddresses`: returns only the newly assigned addresses and prefixes.
-    pub fn assign(&mut self, eni_id: &str, req: Assign) -> ApiResult<(Vec<Ipv4Addr>, Vec<Ipv4Net>)> {
+    pub fn assign(
+        &mut self,
+        eni_id: &str,
+        req: Assign,
+    ) -> ApiResult<(Vec<Ipv4Addr>, Vec<Ipv4Net>)> {
         let eni = self.eni(eni_id)?;
         let kinds = [
             req.count.is_some(),
@@ -1403,8 +1425,7 @@ impl Model {
         }
         let subnet = self.subnet(&eni.subnet_id)?.clone();
         Self::check_explicit(&subnet, &req.ips, &req.prefixes)?;
-        let (ips, prefixes) =
-            self.allocate(&subnet.id, &req.ips, count, &req.prefixes, pcount)?;
+        let (ips, prefixes) = self.allocate(&subnet.id, &req.ips, count, &req.prefixes, pcount)?;
         let eni = self
             .enis
             .get_mut(eni_id)
@@ -1416,7 +1437,12 @@ impl Model {
 
     /// `UnassignPrivateIpAddresses`: every address/prefix must be on the ENI (else nothing is
     /// released).
-    pub fn unassign(&mut self, eni_id: &str, ips: &[Ipv4Addr], prefixes: &[Ipv4Net]) -> ApiResult<()> {
+    pub fn unassign(
+        &mut self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Net],
+    ) -> ApiResult<()> {
         let eni = self.eni(eni_id)?;
         if ips.is_empty() && prefixes.is_empty() {
             return Err(ApiError::new(
@@ -1503,7 +1529,11 @@ impl Model {
     }
 
     /// `CreateTags`: overwrites existing values; all resources must exist (checked first).
-    pub fn create_tags(&mut self, resources: &[String], tags: &[(String, String)]) -> ApiResult<()> {
+    pub fn create_tags(
+        &mut self,
+        resources: &[String],
+        tags: &[(String, String)],
+    ) -> ApiResult<()> {
         for r in resources {
             self.tags_of(r)?;
         }

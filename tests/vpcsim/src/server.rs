@@ -43,8 +43,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
-            vpc_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 16)
-                .unwrap_or_default(),
+            vpc_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 16).unwrap_or_default(),
             region: "us-west-2".into(),
             az: "us-west-2a".into(),
             account_id: "123456789012".into(),
@@ -324,7 +323,10 @@ impl Sim {
     }
 
     /// Serves the IMDS of `instance_id` on a 127.0.0.1 ephemeral port.
-    pub async fn serve_imds_loopback(self: &Arc<Self>, instance_id: &str) -> std::io::Result<SocketAddr> {
+    pub async fn serve_imds_loopback(
+        self: &Arc<Self>,
+        instance_id: &str,
+    ) -> std::io::Result<SocketAddr> {
         serve(self.imds_router(instance_id)).await
     }
 }

@@ -40,7 +40,10 @@ impl Ledger {
         s
     }
     fn blocks(&self) -> BTreeSet<u32> {
-        self.enis.values().flat_map(|e| e.prefixes.iter().copied()).collect()
+        self.enis
+            .values()
+            .flat_map(|e| e.prefixes.iter().copied())
+            .collect()
     }
     fn available(&self) -> u32 {
         USABLE - self.used_ips().len() as u32 - 16 * self.blocks().len() as u32
@@ -91,7 +94,9 @@ async fn thousand_random_operations_keep_exact_accounting() {
             .unwrap();
         let ni = out.network_interface().unwrap();
         let id = ni.network_interface_id().unwrap().to_string();
-        ledger.primaries.insert(ip(ni.private_ip_address().unwrap()));
+        ledger
+            .primaries
+            .insert(ip(ni.private_ip_address().unwrap()));
         ec2.attach_network_interface()
             .network_interface_id(&id)
             .instance_id(&env.node.instance_id)
@@ -135,7 +140,11 @@ async fn thousand_random_operations_keep_exact_accounting() {
                     for a in got {
                         assert!(net.contains(&Ipv4Addr::from(a)));
                         assert!((4..255).contains(&(a & 255)), "op {op}: reserved {a}");
-                        assert!(!ledger.taken(a), "op {op}: {} handed out twice", Ipv4Addr::from(a));
+                        assert!(
+                            !ledger.taken(a),
+                            "op {op}: {} handed out twice",
+                            Ipv4Addr::from(a)
+                        );
                         ledger.enis.get_mut(&eni).unwrap().secondaries.insert(a);
                     }
                     label = "assign-ok";
@@ -177,7 +186,10 @@ async fn thousand_random_operations_keep_exact_accounting() {
                         for a in b..b + 16 {
                             assert!(!ledger.taken(a), "op {op}: prefix {p} overlaps");
                         }
-                        assert!((b & 255) != 0 && (b & 255) != 240, "op {op}: {p} holds reserved");
+                        assert!(
+                            (b & 255) != 0 && (b & 255) != 240,
+                            "op {op}: {p} holds reserved"
+                        );
                         ledger.enis.get_mut(&eni).unwrap().prefixes.insert(b);
                     }
                     label = "prefix-ok";
@@ -209,7 +221,9 @@ async fn thousand_random_operations_keep_exact_accounting() {
                 (Ok(out), None) => {
                     assert_eq!(out.assigned_private_ip_addresses().len(), 1);
                     assert_eq!(
-                        ip(out.assigned_private_ip_addresses()[0].private_ip_address().unwrap()),
+                        ip(out.assigned_private_ip_addresses()[0]
+                            .private_ip_address()
+                            .unwrap()),
                         a
                     );
                     ledger.enis.get_mut(&eni).unwrap().secondaries.insert(a);
@@ -231,7 +245,9 @@ async fn thousand_random_operations_keep_exact_accounting() {
             while pick.len() < n {
                 pick.insert(have[rng.random_range(0..have.len())]);
             }
-            let mut req = ec2.unassign_private_ip_addresses().network_interface_id(&eni);
+            let mut req = ec2
+                .unassign_private_ip_addresses()
+                .network_interface_id(&eni);
             for a in &pick {
                 req = req.private_ip_addresses(Ipv4Addr::from(*a).to_string());
             }
@@ -265,13 +281,22 @@ async fn thousand_random_operations_keep_exact_accounting() {
                 .private_ip_addresses(Ipv4Addr::from(a).to_string())
                 .send()
                 .await;
-            assert_eq!(res.unwrap_err().code(), Some("InvalidParameterValue"), "op {op}");
+            assert_eq!(
+                res.unwrap_err().code(),
+                Some("InvalidParameterValue"),
+                "op {op}"
+            );
             label = "unassign-foreign-refused";
         }
         *outcomes.entry(label.to_string()).or_default() += 1;
 
         if op % 25 == 24 || op == 999 {
-            let subnets = ec2.describe_subnets().subnet_ids(&env.subnet).send().await.unwrap();
+            let subnets = ec2
+                .describe_subnets()
+                .subnet_ids(&env.subnet)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(
                 subnets.subnets()[0].available_ip_address_count(),
                 Some(ledger.available() as i32),
@@ -294,7 +319,15 @@ async fn thousand_random_operations_keep_exact_accounting() {
                 let pfx: BTreeSet<u32> = ni
                     .ipv4_prefixes()
                     .iter()
-                    .map(|p| u32::from(p.ipv4_prefix().unwrap().parse::<Ipv4Net>().unwrap().network()))
+                    .map(|p| {
+                        u32::from(
+                            p.ipv4_prefix()
+                                .unwrap()
+                                .parse::<Ipv4Net>()
+                                .unwrap()
+                                .network(),
+                        )
+                    })
                     .collect();
                 assert_eq!(secs, ledger.enis[id].secondaries, "op {op}: {id} addresses");
                 assert_eq!(pfx, ledger.enis[id].prefixes, "op {op}: {id} prefixes");
@@ -312,7 +345,10 @@ async fn thousand_random_operations_keep_exact_accounting() {
         "PrivateIpAddressLimitExceeded",
         "InvalidIPAddress.InUse",
     ] {
-        assert!(outcomes.contains_key(must), "never saw {must}: {outcomes:?}");
+        assert!(
+            outcomes.contains_key(must),
+            "never saw {must}: {outcomes:?}"
+        );
     }
     assert!(
         outcomes.contains_key("InsufficientCidrBlocks")

@@ -329,7 +329,11 @@ async fn attach_limits_of_a_multi_card_type() {
     assert!(t.network_cards.len() > 1);
     for card in &t.network_cards {
         // Card 0 already holds the primary ENI at device 0.
-        let first = if card.index == t.default_network_card_index { 1 } else { 0 };
+        let first = if card.index == t.default_network_card_index {
+            1
+        } else {
+            0
+        };
         for dev in first..card.max_enis {
             let eni = create_eni(ec2, &env.subnet).await;
             attach(ec2, &eni, inst, dev as i32, card.index as i32).await;
@@ -354,7 +358,12 @@ async fn attach_limits_of_a_multi_card_type() {
     }
     // The instance-wide limit is reached exactly, and DescribeInstances lists every
     // attachment with its (card, device) pair once.
-    let out = ec2.describe_instances().instance_ids(inst).send().await.unwrap();
+    let out = ec2
+        .describe_instances()
+        .instance_ids(inst)
+        .send()
+        .await
+        .unwrap();
     let nis = out.reservations()[0].instances()[0].network_interfaces();
     assert_eq!(nis.len() as u32, t.max_enis);
     let pairs: HashSet<(i32, i32)> = nis
@@ -443,7 +452,11 @@ async fn subnet_exhaustion_and_fragmentation() {
         .send()
         .await
         .unwrap();
-    let frag = frag.network_interface().unwrap().network_interface_id().unwrap();
+    let frag = frag
+        .network_interface()
+        .unwrap()
+        .network_interface_id()
+        .unwrap();
     ec2.assign_private_ip_addresses()
         .network_interface_id(frag)
         .private_ip_addresses("10.0.4.36")
@@ -490,7 +503,10 @@ async fn create_eni_result(
         aws_sdk_ec2::config::http::HttpResponse,
     >,
 > {
-    ec2.create_network_interface().subnet_id(subnet).send().await
+    ec2.create_network_interface()
+        .subnet_id(subnet)
+        .send()
+        .await
 }
 
 #[tokio::test]
@@ -535,7 +551,10 @@ async fn prefixes_and_addresses_are_exclusive_and_counted() {
     assert_eq!(got.assigned_private_ip_addresses().len(), 29);
     for ip in got.assigned_private_ip_addresses() {
         let ip: Ipv4Addr = ip.private_ip_address().unwrap().parse().unwrap();
-        assert!(!prefixes.iter().any(|p| p.contains(&ip)), "{ip} inside a prefix");
+        assert!(
+            !prefixes.iter().any(|p| p.contains(&ip)),
+            "{ip} inside a prefix"
+        );
     }
     assert_eq!(available(ec2, &env.subnet).await, 251 - 3 - 29 - 48);
 
@@ -673,7 +692,10 @@ async fn describe_filters_and_pagination() {
             .tag_specifications(
                 TagSpecification::builder()
                     .resource_type(ResourceType::NetworkInterface)
-                    .tags(tag("node.k8s.amazonaws.com/instance_id", &env.node.instance_id))
+                    .tags(tag(
+                        "node.k8s.amazonaws.com/instance_id",
+                        &env.node.instance_id,
+                    ))
                     .tags(tag("n", &i.to_string()))
                     .build(),
             )
@@ -781,7 +803,10 @@ async fn describe_filters_and_pagination() {
     );
     // MaxResults range and the IDs/MaxResults exclusion.
     expect_err!(
-        ec2.describe_network_interfaces().max_results(4).send().await,
+        ec2.describe_network_interfaces()
+            .max_results(4)
+            .send()
+            .await,
         "InvalidParameterValue",
         400
     );
@@ -821,7 +846,12 @@ async fn describe_filters_and_pagination() {
         .send()
         .await
         .unwrap();
-    assert!(x.network_interfaces()[0].tag_set().iter().all(|t| t.key() != Some("n")));
+    assert!(
+        x.network_interfaces()[0]
+            .tag_set()
+            .iter()
+            .all(|t| t.key() != Some("n"))
+    );
     expect_err!(
         ec2.create_tags()
             .resources("eni-00000000000000000")
@@ -868,7 +898,12 @@ async fn describe_instance_types_paginates_the_whole_table() {
     assert_eq!(pages_seen, awscni_limits::all().len());
     assert!(names.len() > 1000, "only {} types", names.len());
 
-    let first = ec2.describe_instance_types().max_results(5).send().await.unwrap();
+    let first = ec2
+        .describe_instance_types()
+        .max_results(5)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.instance_types().len(), 5);
     assert!(first.next_token().is_some());
     expect_err!(
@@ -888,9 +923,15 @@ async fn describe_instance_types_paginates_the_whole_table() {
         let ni = t.network_info().unwrap();
         let want = awscni_limits::lookup(t.instance_type().unwrap().as_str()).unwrap();
         assert_eq!(ni.maximum_network_interfaces(), Some(want.max_enis as i32));
-        assert_eq!(ni.ipv4_addresses_per_interface(), Some(want.ipv4_per_eni as i32));
+        assert_eq!(
+            ni.ipv4_addresses_per_interface(),
+            Some(want.ipv4_per_eni as i32)
+        );
         assert_eq!(ni.network_cards().len(), want.network_cards.len());
-        assert_eq!(ni.maximum_network_cards(), Some(want.network_cards.len() as i32));
+        assert_eq!(
+            ni.maximum_network_cards(),
+            Some(want.network_cards.len() as i32)
+        );
         match t.instance_type().unwrap().as_str() {
             "m5.metal" => {
                 assert_eq!(t.hypervisor(), None);
@@ -987,7 +1028,11 @@ async fn attach_and_detach_pass_through_transitional_states() {
         .await
         .unwrap();
     assert_eq!(
-        describe().await.attachment().unwrap().delete_on_termination(),
+        describe()
+            .await
+            .attachment()
+            .unwrap()
+            .delete_on_termination(),
         Some(true)
     );
 
@@ -999,7 +1044,11 @@ async fn attach_and_detach_pass_through_transitional_states() {
         .unwrap();
     let first = status(&describe().await);
     // "Detach then delete too early" yields the in-use error while detaching.
-    let early = ec2.delete_network_interface().network_interface_id(&eni).send().await;
+    let early = ec2
+        .delete_network_interface()
+        .network_interface_id(&eni)
+        .send()
+        .await;
     let mut last = status(&describe().await);
     while last.0.as_deref() != Some("available") {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1026,18 +1075,38 @@ async fn protocol_errors_unsigned_and_unversioned() {
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
     let signed = [
         ("Content-Type", "application/x-www-form-urlencoded"),
-        ("Authorization", "AWS4-HMAC-SHA256 Credential=x/20260101/us-west-2/ec2/aws4_request, SignedHeaders=host, Signature=00"),
+        (
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=x/20260101/us-west-2/ec2/aws4_request, SignedHeaders=host, Signature=00",
+        ),
     ];
-    let (st, body) = raw_http(env.ep.ec2, "POST", "/", &form, "Action=DescribeSubnets&Version=2016-11-15").await;
+    let (st, body) = raw_http(
+        env.ep.ec2,
+        "POST",
+        "/",
+        &form,
+        "Action=DescribeSubnets&Version=2016-11-15",
+    )
+    .await;
     assert_eq!(st, 401, "{body}");
-    assert!(body.contains("<Code>AuthFailure</Code>") && body.contains("<RequestID>"), "{body}");
+    assert!(
+        body.contains("<Code>AuthFailure</Code>") && body.contains("<RequestID>"),
+        "{body}"
+    );
     let (st, body) = raw_http(env.ep.ec2, "POST", "/", &signed, "Action=DescribeSubnets").await;
     assert_eq!(st, 400);
     assert!(body.contains("<Code>MissingParameter</Code>"), "{body}");
     let (st, body) = raw_http(env.ep.ec2, "POST", "/", &signed, "Version=2016-11-15").await;
     assert_eq!(st, 400);
     assert!(body.contains("<Code>MissingAction</Code>"), "{body}");
-    let (st, body) = raw_http(env.ep.ec2, "POST", "/", &signed, "Action=RunInstances&Version=2016-11-15").await;
+    let (st, body) = raw_http(
+        env.ep.ec2,
+        "POST",
+        "/",
+        &signed,
+        "Action=RunInstances&Version=2016-11-15",
+    )
+    .await;
     assert_eq!(st, 400);
     assert!(body.contains("<Code>InvalidAction</Code>"), "{body}");
     // GET with a query string works like POST.
@@ -1050,8 +1119,15 @@ async fn protocol_errors_unsigned_and_unversioned() {
     )
     .await;
     assert_eq!(st, 200, "{body}");
-    assert!(body.contains("<DescribeSubnetsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">"));
-    assert!(body.contains("<availableIpAddressCount>250</availableIpAddressCount>"), "{body}");
+    assert!(
+        body.contains(
+            "<DescribeSubnetsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">"
+        )
+    );
+    assert!(
+        body.contains("<availableIpAddressCount>250</availableIpAddressCount>"),
+        "{body}"
+    );
     // A client pointed at a wrong port fails cleanly (sanity check of the harness).
     let c = client("http://127.0.0.1:9");
     assert!(c.describe_subnets().send().await.is_err());

@@ -77,7 +77,11 @@ async fn injected_errors_use_aws_codes_and_statuses() {
     // "*" applies to every action without its own entry.
     admin(&env, "DELETE", "/faults/DescribeSubnets", "").await;
     admin(&env, "PUT", "/faults/*", r#"{"error_rate": 1.0}"#).await;
-    expect_err!(env.ec2.describe_security_groups().send().await, "InternalError", 500);
+    expect_err!(
+        env.ec2.describe_security_groups().send().await,
+        "InternalError",
+        500
+    );
     let (st, _) = admin(&env, "POST", "/reset", "").await;
     assert_eq!(st, 204);
     env.ec2.describe_security_groups().send().await.unwrap();
@@ -128,9 +132,7 @@ async fn throttle_answers_request_limit_exceeded() {
         env.ec2
             .config()
             .to_builder()
-            .retry_config(
-                aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(10),
-            )
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(10))
             .build(),
     );
     for _ in 0..5 {
@@ -143,7 +145,13 @@ async fn throttle_answers_request_limit_exceeded() {
 #[tokio::test]
 async fn latency_is_added() {
     let env = start(SimConfig::default(), "10.0.43.0/24", "m5.large").await;
-    admin(&env, "PUT", "/faults/DescribeSubnets", r#"{"latency_ms": 300}"#).await;
+    admin(
+        &env,
+        "PUT",
+        "/faults/DescribeSubnets",
+        r#"{"latency_ms": 300}"#,
+    )
+    .await;
     let t = Instant::now();
     env.ec2.describe_subnets().send().await.unwrap();
     // Lower bound only: the call cannot be faster than the injected latency.

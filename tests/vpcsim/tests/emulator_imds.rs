@@ -70,25 +70,40 @@ async fn metadata_reflects_the_model() {
         async move { imds.get(p).await.map(|s| s.as_ref().to_string()) }
     };
     let mac = mac_string(&env.node.mac);
-    assert_eq!(get("/latest/meta-data/instance-id").await.unwrap(), env.node.instance_id);
-    assert_eq!(get("/latest/meta-data/instance-type").await.unwrap(), "m5.large");
+    assert_eq!(
+        get("/latest/meta-data/instance-id").await.unwrap(),
+        env.node.instance_id
+    );
+    assert_eq!(
+        get("/latest/meta-data/instance-type").await.unwrap(),
+        "m5.large"
+    );
     assert_eq!(get("/latest/meta-data/mac").await.unwrap(), mac);
     assert_eq!(
         get("/latest/meta-data/local-ipv4").await.unwrap(),
         env.node.primary_ip.to_string()
     );
     assert_eq!(
-        get("/latest/meta-data/placement/availability-zone").await.unwrap(),
+        get("/latest/meta-data/placement/availability-zone")
+            .await
+            .unwrap(),
         "us-west-2a"
     );
-    assert_eq!(get("/latest/meta-data/placement/region").await.unwrap(), "us-west-2");
+    assert_eq!(
+        get("/latest/meta-data/placement/region").await.unwrap(),
+        "us-west-2"
+    );
     // Directory with and without the trailing slash.
     assert_eq!(
-        get("/latest/meta-data/network/interfaces/macs").await.unwrap(),
+        get("/latest/meta-data/network/interfaces/macs")
+            .await
+            .unwrap(),
         format!("{mac}/")
     );
     assert_eq!(
-        get("/latest/meta-data/network/interfaces/macs/").await.unwrap(),
+        get("/latest/meta-data/network/interfaces/macs/")
+            .await
+            .unwrap(),
         format!("{mac}/")
     );
     let base = format!("/latest/meta-data/network/interfaces/macs/{mac}");
@@ -98,13 +113,28 @@ async fn metadata_reflects_the_model() {
         async move { imds.get(p).await.map(|s| s.as_ref().to_string()) }
     };
     let listing = field("").await.unwrap();
-    for f in ["device-number", "interface-id", "local-ipv4s", "subnet-id", "vpc-ipv4-cidr-blocks"] {
-        assert!(listing.lines().any(|l| l == f), "{f} missing from {listing}");
+    for f in [
+        "device-number",
+        "interface-id",
+        "local-ipv4s",
+        "subnet-id",
+        "vpc-ipv4-cidr-blocks",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == f),
+            "{f} missing from {listing}"
+        );
     }
     assert_eq!(field("device-number").await.unwrap(), "0");
-    assert_eq!(field("interface-id").await.unwrap(), env.node.primary_eni_id);
+    assert_eq!(
+        field("interface-id").await.unwrap(),
+        env.node.primary_eni_id
+    );
     assert_eq!(field("subnet-id").await.unwrap(), env.subnet);
-    assert_eq!(field("subnet-ipv4-cidr-block").await.unwrap(), "10.0.21.0/24");
+    assert_eq!(
+        field("subnet-ipv4-cidr-block").await.unwrap(),
+        "10.0.21.0/24"
+    );
     assert_eq!(field("vpc-ipv4-cidr-blocks").await.unwrap(), "10.0.0.0/16");
     assert_eq!(
         field("security-group-ids").await.unwrap(),
@@ -131,7 +161,10 @@ async fn metadata_reflects_the_model() {
     let ips = field("local-ipv4s").await.unwrap();
     let lines: Vec<&str> = ips.lines().collect();
     assert_eq!(lines[0], env.node.primary_ip.to_string());
-    assert_eq!(lines[1..].to_vec(), new.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        lines[1..].to_vec(),
+        new.iter().map(String::as_str).collect::<Vec<_>>()
+    );
     env.ec2
         .assign_private_ip_addresses()
         .network_interface_id(&env.node.primary_eni_id)
@@ -142,7 +175,9 @@ async fn metadata_reflects_the_model() {
     assert!(field("ipv4-prefix").await.unwrap().ends_with("/28"));
 
     // The identity document carries the region.
-    let doc = get("/latest/dynamic/instance-identity/document").await.unwrap();
+    let doc = get("/latest/dynamic/instance-identity/document")
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
     assert_eq!(v["region"], "us-west-2");
     assert_eq!(v["instanceId"], env.node.instance_id.as_str());

@@ -43,7 +43,10 @@ fn default_chain_works_from_imds_alone() {
     }
     let none = "/nonexistent/vpcsim-test";
     for (k, v) in [
-        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://{imds}")),
+        (
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://{imds}"),
+        ),
         ("AWS_CONFIG_FILE", none.to_string()),
         ("AWS_SHARED_CREDENTIALS_FILE", none.to_string()),
         ("AWS_ENDPOINT_URL_EC2", ep.ec2_url()),

@@ -426,6 +426,29 @@ fn second_eni_is_wired_and_a_pod_behind_it_reaches_the_vpc_and_the_internet() {
         !Path::new("/run/aws-node").join(&probe).exists(),
         "the write leaked to the host"
     );
+    // sysfs inside the node shows the node's links; cgroups stay visible for runtimes.
+    let in_node = |args: &[&str]| {
+        let mut cmd = n1.enter.clone();
+        cmd.extend(args.iter().map(|a| (*a).to_owned()));
+        let out = Command::new(&cmd[0]).args(&cmd[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        in_node(&["cat", "/sys/class/net/eth0/address"]).trim(),
+        n1.mac
+    );
+    if Path::new("/sys/fs/cgroup").is_dir() {
+        let host = std::fs::read_dir("/sys/fs/cgroup").unwrap().count();
+        assert_eq!(
+            in_node(&["ls", "-A", "/sys/fs/cgroup"]).lines().count(),
+            host
+        );
+    }
 
     // Detach: eth1 disappears from the node and its addresses from the VPC.
     rt.block_on(

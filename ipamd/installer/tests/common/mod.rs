@@ -96,6 +96,19 @@ impl Layout {
         c
     }
 
+    /// Starts the entrypoint with stdout/stderr going to `entrypoint.log` in the scratch dir
+    /// (read back with [`Layout::log`] in assertion messages).
+    pub fn spawn(&self, cmd: &mut Command) -> Proc {
+        let log = std::fs::File::create(self.dir.path().join("entrypoint.log")).unwrap();
+        let log2 = log.try_clone().unwrap();
+        Proc(cmd.stdout(log).stderr(log2).spawn().unwrap())
+    }
+
+    /// What the entrypoint (and the fake ipamd) printed.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("entrypoint.log")).unwrap_or_default()
+    }
+
     pub fn conflist(&self) -> PathBuf {
         self.conf.join("10-aws.conflist")
     }

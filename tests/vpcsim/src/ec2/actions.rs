@@ -106,11 +106,15 @@ fn iso_time(t: SystemTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    dt.format(&fmt).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+    dt.format(&fmt)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
 fn private_dns(ip: std::net::Ipv4Addr, region: &str) -> String {
-    format!("ip-{}.{region}.compute.internal", ip.to_string().replace('.', "-"))
+    format!(
+        "ip-{}.{region}.compute.internal",
+        ip.to_string().replace('.', "-")
+    )
 }
 
 /// Checks `MaxResults` against AWS's range for the action.
@@ -194,11 +198,9 @@ fn eni_filter(m: &Model, e: &Eni, name: &str, values: &[String]) -> ApiResult<bo
         "availability-zone" => m.subnets.get(&e.subnet_id).is_some_and(|s| matches(&s.az)),
         "owner-id" => matches(&m.config().account_id),
         "group-id" => e.groups.iter().any(|g| matches(g)),
-        "private-ip-address" | "addresses.private-ip-address" => {
-            std::iter::once(&e.primary_ip)
-                .chain(e.secondaries.iter())
-                .any(|ip| matches(&ip.to_string()))
-        }
+        "private-ip-address" | "addresses.private-ip-address" => std::iter::once(&e.primary_ip)
+            .chain(e.secondaries.iter())
+            .any(|ip| matches(&ip.to_string())),
         "ipv4-prefix" => e.prefixes.iter().any(|p| matches(&p.to_string())),
         "attachment.instance-id" => att.is_some_and(|a| matches(&a.instance_id)),
         "attachment.attachment-id" => att.is_some_and(|a| matches(&a.id)),
@@ -252,7 +254,8 @@ fn write_eni(x: &mut Xml, m: &Model, e: &Eni) {
             .close("attachment");
     }
     x.tag_set(&e.tags);
-    let ips = std::iter::once((e.primary_ip, true)).chain(e.secondaries.iter().map(|ip| (*ip, false)));
+    let ips =
+        std::iter::once((e.primary_ip, true)).chain(e.secondaries.iter().map(|ip| (*ip, false)));
     x.items("privateIpAddressesSet", ips, |x, (ip, primary)| {
         x.leaf("privateIpAddress", ip)
             .leaf("privateDnsName", private_dns(ip, region))
@@ -406,7 +409,9 @@ fn modify(m: &mut Model, p: &Params, x: &mut Xml) -> ApiResult<()> {
     let description = p.get("Description.Value").map(str::to_string);
     let sdc = p.bool("SourceDestCheck.Value")?;
     if attachment.is_none() && groups.is_none() && description.is_none() && sdc.is_none() {
-        return Err(ApiError::missing("Attachment, SecurityGroupId, Description or SourceDestCheck"));
+        return Err(ApiError::missing(
+            "Attachment, SecurityGroupId, Description or SourceDestCheck",
+        ));
     }
     m.modify_eni(eni_id, attachment, groups, description, sdc)?;
     x.leaf("return", true);
@@ -425,7 +430,10 @@ fn write_instance(x: &mut Xml, m: &Model, i: &Instance) {
         .leaf("code", 16)
         .leaf("name", "running")
         .close("instanceState")
-        .opt("privateDnsName", primary_ip.map(|ip| private_dns(ip, region)))
+        .opt(
+            "privateDnsName",
+            primary_ip.map(|ip| private_dns(ip, region)),
+        )
         .leaf("amiLaunchIndex", 0)
         .leaf("instanceType", &i.limits.name)
         .leaf("launchTime", iso_time(i.launch_time))
@@ -681,7 +689,14 @@ fn write_type(x: &mut Xml, t: &TypeLimits) {
     x.leaf("ipv4AddressesPerInterface", t.ipv4_per_eni)
         .leaf("ipv6AddressesPerInterface", t.ipv6_per_eni)
         .leaf("ipv6Supported", t.ipv6_per_eni > 0)
-        .leaf("enaSupport", if t.hypervisor.as_deref() == Some("xen") { "supported" } else { "required" })
+        .leaf(
+            "enaSupport",
+            if t.hypervisor.as_deref() == Some("xen") {
+                "supported"
+            } else {
+                "required"
+            },
+        )
         .close("networkInfo");
 }
 

@@ -63,7 +63,12 @@ fn error_response(e: &ApiError, request_id: &str) -> Response {
     xml_response(e.http_status(), xml::error(&e.code, &e.message, request_id))
 }
 
-async fn handle(State(sim): State<Arc<Sim>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(sim): State<Arc<Sim>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let rid = request_id();
     let mut p = Params::default();
     if let Some(q) = uri.query()
@@ -76,7 +81,10 @@ async fn handle(State(sim): State<Arc<Sim>>, uri: Uri, headers: HeaderMap, body:
     }
     let Some(action) = p.get("Action").map(str::to_string) else {
         return error_response(
-            &ApiError::new("MissingAction", "The request must contain the parameter Action"),
+            &ApiError::new(
+                "MissingAction",
+                "The request must contain the parameter Action",
+            ),
             &rid,
         );
     };

@@ -58,7 +58,12 @@ impl Xml {
         self
     }
     /// A `<tag><item>…</item>…</tag>` list, each item written by `f`.
-    pub fn items<T>(&mut self, tag: &str, items: impl IntoIterator<Item = T>, mut f: impl FnMut(&mut Xml, T)) -> &mut Self {
+    pub fn items<T>(
+        &mut self,
+        tag: &str,
+        items: impl IntoIterator<Item = T>,
+        mut f: impl FnMut(&mut Xml, T),
+    ) -> &mut Self {
         self.open(tag);
         for it in items {
             self.open("item");
@@ -68,7 +73,10 @@ impl Xml {
         self.close(tag)
     }
     /// `<tagSet>` of key/value tags.
-    pub fn tag_set<'a>(&mut self, tags: impl IntoIterator<Item = (&'a String, &'a String)>) -> &mut Self {
+    pub fn tag_set<'a>(
+        &mut self,
+        tags: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> &mut Self {
         self.items("tagSet", tags, |x, (k, v)| {
             x.leaf("key", k).leaf("value", v);
         })

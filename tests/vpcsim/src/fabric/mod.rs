@@ -337,7 +337,12 @@ impl Fabric {
             dirs.push((target.display().to_string(), source.display().to_string()));
             binds.push(ns::BindMount { source, target });
         }
-        let child = ns::spawn_holder(&netns, &binds)?;
+        let stash = self.cfg.node_dirs.join(&name).join(".cgroup-stash");
+        std::fs::create_dir_all(&stash).map_err(|e| FabricError::Io {
+            ctx: format!("cannot create {}", stash.display()),
+            source: e,
+        })?;
+        let child = ns::spawn_holder(&netns, &binds, &stash)?;
         let holder_pid = child.id();
         let mnt_inode = ns::mnt_inode(holder_pid).ok_or_else(|| {
             FabricError::Invalid(format!("holder {holder_pid} of {netns} died at start"))

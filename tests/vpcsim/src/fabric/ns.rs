@@ -166,7 +166,12 @@ pub struct BindMount {
 /// the production paths. `nsenter --target <pid> --net --mount` then enters the node.
 ///
 /// The holder is `sleep infinity`; the namespaces are set up between `fork` and `exec`.
-pub fn spawn_holder(netns: &str, binds: &[BindMount]) -> Result<Child, FabricError> {
+///
+/// The node also gets its own sysfs (mounted after entering the network namespace, so
+/// `/sys/class/net` lists the node's links, as `ip netns exec` arranges), with the host's
+/// `/sys/fs/cgroup` tree carried over so a container runtime inside the node still finds its
+/// cgroups. `stash` is an empty directory used to carry it.
+pub fn spawn_holder(netns: &str, binds: &[BindMount], stash: &Path) -> Result<Child, FabricError> {
     let path = netns_path(netns);
     let ns_file = File::open(&path).map_err(|source| FabricError::Io {
         ctx: format!("cannot open network namespace {}", path.display()),
@@ -183,6 +188,11 @@ pub fn spawn_holder(netns: &str, binds: &[BindMount]) -> Result<Child, FabricErr
         pairs.push((cstr(&b.source)?, cstr(&b.target)?));
     }
     let root = c"/".to_owned();
+    let sys = c"/sys".to_owned();
+    let sysfs = c"sysfs".to_owned();
+    let cgroup = c"/sys/fs/cgroup".to_owned();
+    let carry_cgroup = Path::new("/sys/fs/cgroup").is_dir();
+    let stash_c = cstr(stash)?;
     let mut cmd = Command::new("sleep");
     cmd.arg("infinity")
         .stdin(Stdio::null())
@@ -221,6 +231,36 @@ pub fn spawn_holder(netns: &str, binds: &[BindMount]) -> Result<Child, FabricErr
                 .map_err(err)?;
             }
             setns(&ns_file, CloneFlags::CLONE_NEWNET).map_err(err)?;
+            let none = None::<&std::ffi::CStr>;
+            if carry_cgroup {
+                mount(
+                    Some(cgroup.as_c_str()),
+                    stash_c.as_c_str(),
+                    none,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    none,
+                )
+                .map_err(err)?;
+            }
+            // sysfs takes the network namespace of the mounting task.
+            mount(
+                Some(sysfs.as_c_str()),
+                sys.as_c_str(),
+                Some(sysfs.as_c_str()),
+                MsFlags::empty(),
+                none,
+            )
+            .map_err(err)?;
+            if carry_cgroup {
+                mount(
+                    Some(stash_c.as_c_str()),
+                    cgroup.as_c_str(),
+                    none,
+                    MsFlags::MS_MOVE,
+                    none,
+                )
+                .map_err(err)?;
+            }
             Ok(())
         });
     }

@@ -113,5 +113,12 @@ pub async fn imds_token(addr: SocketAddr) -> String {
 
 /// GET an IMDS path with a token: (status, body).
 pub async fn imds_get(addr: SocketAddr, token: &str, path: &str) -> (u16, String) {
-    raw_http(addr, "GET", path, &[("X-aws-ec2-metadata-token", token)], "").await
+    raw_http(
+        addr,
+        "GET",
+        path,
+        &[("X-aws-ec2-metadata-token", token)],
+        "",
+    )
+    .await
 }
