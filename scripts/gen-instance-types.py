@@ -94,7 +94,8 @@ def normalize(raw: dict) -> dict:
         "default_vcpus": _uint(vcpu, "DefaultVCpus", where),
         "default_cores": vcpu.get("DefaultCores", 0),
         "default_threads_per_core": vcpu.get("DefaultThreadsPerCore", 0),
-        "memory_mib": _uint(_req(raw, "MemoryInfo", where), "SizeInMiB", where),
+        # Optional: emulators (vpcsim) may omit MemoryInfo; nothing here computes with it.
+        "memory_mib": _uint(raw["MemoryInfo"], "SizeInMiB", where) if "MemoryInfo" in raw else 0,
         "architectures": sorted(raw.get("ProcessorInfo", {}).get("SupportedArchitectures", [])),
         "max_enis": max_enis,
         "max_network_cards": _uint(net, "MaximumNetworkCards", where),

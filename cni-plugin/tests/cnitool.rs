@@ -79,6 +79,14 @@ fn libcni_chain_with_portmap() {
         });
         let path = node.dir.path().join(format!("10-aws-{v}.conflist"));
         std::fs::write(&path, conflist.to_string()).unwrap();
+        // Debian's portmap (1.1.1) fails CHECK for IPv4-only pods because it always looks for
+        // its IPv6 chain (containernetworking/plugins#819, fixed upstream later). CHECK
+        // therefore runs through a list with the same network name and only aws-cni in it:
+        // libcni still loads the chain's cached final result and passes it as prevResult.
+        let mut check_list = conflist.clone();
+        check_list["plugins"].as_array_mut().unwrap().truncate(1);
+        let check_path = node.dir.path().join(format!("10-aws-{v}-check.conflist"));
+        std::fs::write(&check_path, check_list.to_string()).unwrap();
         let env = vec![
             (
                 "CNI_PATH".to_string(),
@@ -102,9 +110,10 @@ fn libcni_chain_with_portmap() {
             ),
         ];
         let run = |verb: &str| {
+            let list = if verb == "check" { &check_path } else { &path };
             let argv = [
                 verb.to_string(),
-                path.display().to_string(),
+                list.display().to_string(),
                 pod.netns_path(),
                 pod.cid.clone(),
                 "eth0".to_string(),
@@ -142,7 +151,10 @@ fn libcni_chain_with_portmap() {
         assert_clean(&node, &ip, &pod.host_veth());
         let nat = node.ns.exec(&["iptables", "-t", "nat", "-S"]);
         let nat = String::from_utf8_lossy(&nat.stdout).to_string();
-        assert!(!nat.contains(&format!("{ip}:80")), "portmap rule left: {nat}");
+        assert!(
+            !nat.contains(&format!("{ip}:80")),
+            "portmap rule left: {nat}"
+        );
         // DEL again (libcni has dropped its cache entry; DEL must still succeed).
         run("del").assert_ok();
     }

@@ -106,7 +106,12 @@ fn check_names_what_drifted() {
         "dev",
         "eth0",
     ]);
-    expect_drift(&node, &pod, &conf, "pod neighbour 169.254.1.1 points at 02:00:00:00:00:99");
+    expect_drift(
+        &node,
+        &pod,
+        &conf,
+        "pod neighbour 169.254.1.1 points at 02:00:00:00:00:99",
+    );
     node.cni("DEL", &pod, &conf).assert_ok();
     assert_clean(&node, &ip, &pod.host_veth());
 
@@ -120,14 +125,24 @@ fn check_names_what_drifted() {
     conf["prevResult"] = res;
     node.ns
         .ip(&["rule", "del", "from", &ip, "lookup", "2", "prio", "1536"]);
-    expect_drift(&node, &pod, &conf, &format!("prio 1536 from {ip}/32 lookup 2"));
+    expect_drift(
+        &node,
+        &pod,
+        &conf,
+        &format!("prio 1536 from {ip}/32 lookup 2"),
+    );
     node.ns
         .ip(&["rule", "add", "from", &ip, "lookup", "2", "prio", "1536"]);
     node.cni("CHECK", &pod, &conf).assert_ok();
     // Pod address removed.
     pod.ns()
         .ip(&["addr", "del", &format!("{ip}/32"), "dev", "eth0"]);
-    expect_drift(&node, &pod, &conf, &format!("address {ip}/32 is missing on eth0"));
+    expect_drift(
+        &node,
+        &pod,
+        &conf,
+        &format!("address {ip}/32 is missing on eth0"),
+    );
     // ipamd forgot the allocation.
     node.ipamd.state.lock().unwrap().allocs.clear();
     expect_drift(&node, &pod, &conf, "ipamd holds no address");
@@ -182,10 +197,8 @@ fn del_edge_cases() {
     assert!(!sock.exists());
     node.cni("DEL", &pod, &conf).assert_ok();
     assert_clean(&node, &ip_a, &pod.host_veth());
-    let state_file = std::path::Path::new(&node.state_dir()).join(format!(
-        "aws-cni-{}-eth0.json",
-        pod_b.cid
-    ));
+    let state_file =
+        std::path::Path::new(&node.state_dir()).join(format!("aws-cni-{}-eth0.json", pod_b.cid));
     std::fs::remove_file(&state_file).unwrap();
     let mut with_prev = conf.clone();
     with_prev["prevResult"] = res_b;
@@ -300,7 +313,10 @@ fn add_failures_are_precise_and_change_nothing() {
     ));
     let r = run(e, &c.to_string());
     assert_eq!(r.err_code(), 11, "{r:?}");
-    assert!(r.stdout.contains("/run/cnit-env-override/ipamd.sock"), "{r:?}");
+    assert!(
+        r.stdout.contains("/run/cnit-env-override/ipamd.sock"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -387,6 +403,55 @@ fn runtime_without_pod_identity() {
             &conf.to_string(),
         )
         .assert_ok();
-        assert_clean(&node, ip, &aws_cni::wiring::host_veth_name("eni", "", "", &p.cid));
+        assert_clean(
+            &node,
+            ip,
+            &aws_cni::wiring::host_veth_name("eni", "", "", &p.cid),
+        );
     }
+}
+
+#[test]
+fn ipv6_pod() {
+    require_root!();
+    let node = Node::new(Ipv4Addr::new(198, 18, 11, 0));
+    node.ipamd.state.lock().unwrap().v6_base = Some("2001:db8:77::".parse().unwrap());
+    let pod = Pod::new("six");
+    let mut conf = node.conf("1.1.0");
+    let res = node.cni("ADD", &pod, &conf).assert_ok().json();
+    let addr = res["ips"][0]["address"].as_str().unwrap().to_string();
+    assert!(addr.ends_with("/128"), "{res}");
+    assert_eq!(res["ips"][0]["gateway"], "fe80::1");
+    let ip = addr.trim_end_matches("/128").to_string();
+    let veth = pod.host_veth();
+    // Pod: /128, not tentative (the plugin waited for DAD), gateway route, neighbour.
+    let a = pod.ns().ip_json(&["-6", "addr", "show", "eth0", "scope", "global"]);
+    assert_eq!(a[0]["addr_info"][0]["local"], ip.as_str(), "{a}");
+    assert_eq!(a[0]["addr_info"][0]["prefixlen"], 128, "{a}");
+    assert!(!a.to_string().contains("tentative"), "{a}");
+    let r = pod.ns().ip(&["-6", "route", "show"]);
+    assert!(r.contains("default via fe80::1 dev eth0"), "{r}");
+    let host_mac = node.ns.ip_json(&["link", "show", &veth])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n = pod.ns().ip_json(&["-6", "neigh", "show", "dev", "eth0"]);
+    assert!(
+        n.as_array().unwrap().iter().any(|e| e["dst"] == "fe80::1"
+            && e["lladdr"] == host_mac.as_str()
+            && e["state"][0] == "PERMANENT"),
+        "{n}"
+    );
+    // Host: /128 route and the IPv6 to-pod rule.
+    let hr = node.ns.ip(&["-6", "route", "show"]);
+    assert!(hr.contains(&format!("{ip} dev {veth}")), "{hr}");
+    let rules = node.ns.ip(&["-6", "rule", "show"]);
+    assert!(rules.contains(&format!("512:\tfrom all to {ip} lookup main")), "{rules}");
+    conf["prevResult"] = res;
+    node.cni("CHECK", &pod, &conf).assert_ok();
+    node.cni("DEL", &pod, &conf).assert_ok();
+    let rules = node.ns.ip(&["-6", "rule", "show"]);
+    assert!(!rules.contains(&ip), "{rules}");
+    assert!(!node.ns.ip(&["-6", "route", "show"]).contains(&ip));
+    assert!(!node.link_names().contains(&veth));
 }

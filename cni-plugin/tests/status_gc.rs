@@ -124,7 +124,12 @@ fn gc_cleans_local_leftovers_when_ipamd_is_down() {
     node.ipamd.stop();
     // ipamd is down: GC still removes the host state of the stale attachment (from the local
     // state file) and then reports "try again later" because the daemon part did not run.
-    let r = libcni_call(&node, "GC", &list, &[("cni.dev/valid-attachments", json!([]))]);
+    let r = libcni_call(
+        &node,
+        "GC",
+        &list,
+        &[("cni.dev/valid-attachments", json!([]))],
+    );
     assert_eq!(r.err_code(), 11, "{r:?}");
     assert_clean(&node, &ip, &pod.host_veth());
     let left: Vec<_> = std::fs::read_dir(node.state_dir()).unwrap().collect();

@@ -946,7 +946,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 continue;
             }
             let truth = if ec2_ok {
-                match self.cloud.describe(&[m.eni_id.clone()]).await {
+                match self.cloud.describe(std::slice::from_ref(&m.eni_id)).await {
                     Ok(v) => match v.iter().find(|e| e.eni_id == m.eni_id) {
                         Some(e) => ec2_cidrs(e),
                         None => continue,
@@ -1058,7 +1058,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
             self.reconcile().await;
             ticks += 1;
             // iptables rules: every ~60 s (iptables-save is not free).
-            if ticks % (60 / self.cfg.reconcile_interval.as_secs().clamp(1, 60)).max(1) == 0 {
+            if ticks
+                .is_multiple_of((60 / self.cfg.reconcile_interval.as_secs().clamp(1, 60)).max(1))
+            {
                 let host = self.host.clone();
                 if let Ok(Err(e)) =
                     tokio::task::spawn_blocking(move || host.reconcile_iptables()).await
@@ -1115,9 +1117,19 @@ pub fn build_datastore(
     ds
 }
 
+/// Allocations younger than this survive a restart even without a host veth: the plugin may
+/// still have been wiring the pod when the daemon died (upstream drops them, and a pod that then
+/// finishes wiring would use an address the daemon hands out again). A pod that really failed is
+/// released by the runtime's DEL or by CNI GC.
+pub const RESTORE_GRACE: Duration = Duration::from_secs(60);
+
 /// Restores the checkpoint into `core`'s datastore and rewrites both files. Fatal errors are
-/// upstream's: unreadable file, wrong version, duplicate address.
-pub async fn restore<C: Cloud, H: Host>(core: &Core<C, H>) -> Result<Vec<EniId>, StartError> {
+/// upstream's: unreadable file, wrong version, duplicate address. Returns the ENIs a previous
+/// run was detaching.
+pub async fn restore<C: Cloud, H: Host>(
+    core: &Core<C, H>,
+    grace: Duration,
+) -> Result<Vec<EniId>, StartError> {
     let cp = checkpoint::load(core.checkpoint_path())?;
     let state = match checkpoint::load_state(&core.state_path()) {
         Ok(s) => s,
@@ -1132,13 +1144,31 @@ pub async fn restore<C: Cloud, H: Host>(core: &Core<C, H>) -> Result<Vec<EniId>,
         .map_err(|e| StartError::Other(e.to_string()))?
         .map_err(|e| StartError::Other(format!("cannot list host links: {e}")))?;
     if let Some(cp) = &cp {
+        let now = SystemTime::now();
+        let young: HashSet<(String, String)> = cp
+            .allocations
+            .iter()
+            .filter(|a| {
+                now.duration_since(crate::datastore::from_unix_nanos(a.allocation_timestamp))
+                    .is_ok_and(|age| age < grace)
+            })
+            .map(|a| {
+                (
+                    a.metadata.k8s_pod_namespace.clone(),
+                    a.metadata.k8s_pod_name.clone(),
+                )
+            })
+            .collect();
         let report = {
             let mut ds = lock(&core.ds);
             ds.restore(
                 cp,
                 state.as_ref(),
-                &|m: &PodMeta| checkpoint::pod_has_veth(&m.namespace, &m.name, &links),
-                SystemTime::now(),
+                &|m: &PodMeta| {
+                    young.contains(&(m.namespace.clone(), m.name.clone()))
+                        || checkpoint::pod_has_veth(&m.namespace, &m.name, &links)
+                },
+                now,
             )
             .map_err(StartError::Restore)?
         };
@@ -1162,6 +1192,32 @@ pub async fn restore<C: Cloud, H: Host>(core: &Core<C, H>) -> Result<Vec<EniId>,
     Ok(state.map(|s| s.detaching_enis).unwrap_or_default())
 }
 
+/// Pool limits and the node's max pods (max-pods.md §6: computed by the daemon from its own
+/// configuration, the growth cap) for an instance type.
+pub fn limits_for(
+    it: &awscni_limits::InstanceType,
+    cfg: &Config,
+    unmanaged: usize,
+) -> (Limits, awscni_limits::MaxPods) {
+    let unmanaged = u32::try_from(unmanaged).unwrap_or(u32::MAX);
+    let mp = awscni_limits::node_max_pods(
+        it,
+        cfg.pool.max_eni,
+        unmanaged,
+        cfg.pool.prefix_delegation,
+        cfg.custom_network_cfg,
+        false,
+    );
+    let limits = Limits {
+        ipv4_per_eni: it.ipv4_per_eni,
+        max_enis: it.default_card_enis(),
+        max_pods: mp.max_pods,
+        unmanaged_enis: unmanaged,
+        trunk_reserve: 0,
+    };
+    (limits, mp)
+}
+
 /// Writes the max-pods value (with a newline) atomically.
 pub fn write_max_pods(path: &Path, value: u32) -> Result<(), CheckpointError> {
     checkpoint::write_atomic(path, format!("{value}\n").as_bytes())
@@ -1171,7 +1227,7 @@ pub fn write_max_pods(path: &Path, value: u32) -> Result<(), CheckpointError> {
 // Production seams
 
 use crate::ec2::{Ec2Settings, SdkEc2};
-use crate::eni::{EniError, EniManager, EniSettings, LeakedEniSweeper};
+use crate::eni::{EniError, EniManager, EniSettings, LeakedEniSweeper, LinkProbe};
 use crate::hostnet::{
     CommandRunner, EniHost, NetlinkLinkProbe, NodeSettings, ProcSysctl, SnatSettings, SystemRunner,
 };
@@ -1196,18 +1252,33 @@ fn cloud_err(e: EniError) -> CloudError {
     CloudError::new(kind, e.to_string())
 }
 
-type RealEniManager = EniManager<SdkEc2, AwsImdsSource, NetlinkLinkProbe>;
+type RealEniManager<L> = EniManager<SdkEc2, AwsImdsSource, L>;
 
-/// [`Cloud`] over the real IMDS and EC2 clients (`None` manager in IMDS-only mode).
-pub struct RealCloud {
-    mgr: Option<RealEniManager>,
+/// [`Cloud`] over the real IMDS and EC2 clients (`None` manager in IMDS-only mode). `L` is how
+/// a new ENI's host link is awaited (netlink in production).
+pub struct RealCloud<L: LinkProbe = NetlinkLinkProbe> {
+    mgr: Option<RealEniManager<L>>,
     imds: Imds<AwsImdsSource>,
     primary_mac: String,
     sweeper: tokio::sync::Mutex<LeakedEniSweeper>,
 }
 
-impl RealCloud {
-    fn mgr(&self) -> Result<&RealEniManager, CloudError> {
+impl<L: LinkProbe + 'static> RealCloud<L> {
+    /// Wraps an ENI manager (None: IMDS-only) and an IMDS reader.
+    pub fn new(
+        mgr: Option<RealEniManager<L>>,
+        imds: Imds<AwsImdsSource>,
+        primary_mac: &str,
+    ) -> Self {
+        Self {
+            mgr,
+            imds,
+            primary_mac: primary_mac.to_owned(),
+            sweeper: tokio::sync::Mutex::new(LeakedEniSweeper::new()),
+        }
+    }
+
+    fn mgr(&self) -> Result<&RealEniManager<L>, CloudError> {
         self.mgr.as_ref().ok_or_else(|| {
             CloudError::new(
                 CloudErrorKind::Unavailable,
@@ -1217,7 +1288,7 @@ impl RealCloud {
     }
 }
 
-impl Cloud for RealCloud {
+impl<L: LinkProbe + 'static> Cloud for RealCloud<L> {
     async fn interfaces(&self) -> Result<Vec<EniMetadata>, CloudError> {
         self.imds
             .interfaces(&self.primary_mac)
@@ -1462,26 +1533,11 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
             tracing::warn!(error = %e, "cannot top up ENI tags");
         }
     }
-    let unmanaged_count = u32::try_from(unmanaged.len()).unwrap_or(u32::MAX);
-    let mp = awscni_limits::node_max_pods(
-        it,
-        cfg.pool.max_eni,
-        unmanaged_count,
-        cfg.pool.prefix_delegation,
-        cfg.custom_network_cfg,
-        false,
-    );
+    let (limits, mp) = limits_for(it, &cfg, unmanaged.len());
     tracing::info!(max_pods = mp.max_pods, detail = %mp.explain(), "node max pods");
     if let Err(e) = write_max_pods(&cfg.max_pods_file, mp.max_pods) {
         tracing::warn!(error = %e, "cannot write max-pods file");
     }
-    let limits = Limits {
-        ipv4_per_eni: it.ipv4_per_eni,
-        max_enis: it.default_card_enis(),
-        max_pods: mp.max_pods,
-        unmanaged_enis: unmanaged_count,
-        trunk_reserve: 0,
-    };
     let ds = build_datastore(&cfg, &card0, described.as_deref(), &unmanaged);
 
     let runner = SystemRunner::default();
@@ -1525,12 +1581,7 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
         vpc_cidrs,
         primary_mac: inst.primary_mac.clone(),
     };
-    let cloud = RealCloud {
-        mgr,
-        imds: Imds::new(src),
-        primary_mac: inst.primary_mac.clone(),
-        sweeper: tokio::sync::Mutex::new(LeakedEniSweeper::new()),
-    };
+    let cloud = RealCloud::new(mgr, Imds::new(src), &inst.primary_mac);
     let core = Arc::new(Core::new(cfg, node, limits, ds, cloud, host));
     core.set_unmanaged(unmanaged);
 
@@ -1553,7 +1604,7 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
         }
     }
 
-    let detaching = restore(&core).await?;
+    let detaching = restore(&core, RESTORE_GRACE).await?;
     core.finish_detaching(detaching).await;
     core.repair_pod_rules(true).await;
     // Pre-scale before serving, as upstream, but never block start-up on EC2 for long.
@@ -1995,7 +2046,7 @@ pub(crate) mod tests {
             cloud,
             FakeHost::default(),
         ));
-        restore(&c).await.unwrap();
+        restore(&c, RESTORE_GRACE).await.unwrap();
         c
     }
 
@@ -2153,7 +2204,7 @@ pub(crate) mod tests {
             .unwrap()
             .push(format!("eni{}", checkpoint::veth_hash("default", "alive")));
         let c2 = Core::new(cfg, c.node.clone(), M5_LARGE, ds, cloud2, host);
-        restore(&c2).await.unwrap();
+        restore(&c2, Duration::ZERO).await.unwrap();
         assert_eq!(c2.lookup(&key("c0")).unwrap().addr, held[0].addr);
         assert!(c2.lookup(&key("c1")).is_none());
         // The dropped pod's address is cooling, not handed out again right away.
@@ -2167,6 +2218,33 @@ pub(crate) mod tests {
         let rules = c2.host().pod_rules.lock().unwrap().clone();
         assert!(rules.iter().any(|r| r.ip == held[0].addr));
         assert!(!rules.iter().any(|r| r.ip == held[1].addr));
+    }
+
+    #[tokio::test]
+    async fn young_allocations_survive_restart_without_veth() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[], FakeCloud::with_primary(9)).await;
+        let AddOutcome::Assigned(a) = c.add(&key("c0"), &meta("wiring")).await.unwrap() else {
+            panic!()
+        };
+        let enis = c.cloud().enis.lock().unwrap().clone();
+        let cloud2 = FakeCloud {
+            enis: Mutex::new(enis),
+            ..Default::default()
+        };
+        let cfg = cfg(dir.path(), &[]);
+        let imds = cloud2.interfaces().await.unwrap();
+        let ds = build_datastore(&cfg, &imds, None, &BTreeSet::new());
+        let c2 = Core::new(
+            cfg,
+            c.node.clone(),
+            M5_LARGE,
+            ds,
+            cloud2,
+            FakeHost::default(),
+        );
+        restore(&c2, RESTORE_GRACE).await.unwrap();
+        assert_eq!(c2.lookup(&key("c0")).unwrap().addr, a.addr);
     }
 
     #[tokio::test]

@@ -537,7 +537,7 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
         let mut seen: Option<EniMetadata> = None;
         for n in 1..=w.attempts.max(1) {
             match self.imds.macs().await {
-                Ok(macs) if macs.iter().any(|m| *m == eni.mac) => {
+                Ok(macs) if macs.contains(&eni.mac) => {
                     match self.imds.interface(&eni.mac, &primary_mac).await {
                         Ok(m) => {
                             let complete = match want {

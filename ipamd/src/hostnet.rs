@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aws_cni::netlink::{Created, Deleted, MacAddr, NlError, Netlink, Route, Rule, TABLE_MAIN};
+use aws_cni::netlink::{Created, Deleted, MacAddr, Netlink, NlError, Route, Rule, TABLE_MAIN};
 use ipnet::{IpNet, Ipv4Net};
 
 /// Priority of the `to <podIP> lookup main` rule (plugin-owned; re-applied by us).
@@ -168,14 +168,14 @@ impl CommandRunner for RecordingRunner {
             Ok(q) => q,
             Err(p) => p.into_inner(),
         };
-        if let Some(pos) = q.iter().position(|(p, _)| line.starts_with(p.as_str())) {
-            if let Some((_, r)) = q.remove(pos) {
-                return r.map_err(|stderr| HostError::Command {
-                    command: line,
-                    status: "exit status: 1".into(),
-                    stderr,
-                });
-            }
+        if let Some(pos) = q.iter().position(|(p, _)| line.starts_with(p.as_str()))
+            && let Some((_, r)) = q.remove(pos)
+        {
+            return r.map_err(|stderr| HostError::Command {
+                command: line,
+                status: "exit status: 1".into(),
+                stderr,
+            });
         }
         Ok(String::new())
     }
@@ -332,10 +332,7 @@ pub fn random_fully_supported(runner: &dyn CommandRunner) -> bool {
     let Ok(out) = runner.run("iptables", &["--version".to_string()]) else {
         return false;
     };
-    let Some(v) = out
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix('v'))
-    else {
+    let Some(v) = out.split_whitespace().find_map(|w| w.strip_prefix('v')) else {
         return false;
     };
     let nums: Vec<u32> = v.split('.').filter_map(|n| n.parse().ok()).collect();
@@ -357,19 +354,49 @@ pub fn desired_snat_chain(st: &SnatSettings) -> Vec<Vec<String>> {
     }
     let mut v = Vec::new();
     for c in &st.vpc_cidrs {
-        v.push(s(&["-d", &c.to_string(), "-m", "comment", "--comment", "AWS SNAT CHAIN", "-j", "RETURN"]));
+        v.push(s(&[
+            "-d",
+            &c.to_string(),
+            "-m",
+            "comment",
+            "--comment",
+            "AWS SNAT CHAIN",
+            "-j",
+            "RETURN",
+        ]));
     }
     for c in &st.exclude_snat_cidrs {
         let mut r = Vec::new();
         if c.prefix_len() != 0 {
             r.extend(s(&["-d", &c.to_string()]));
         }
-        r.extend(s(&["-m", "comment", "--comment", "AWS SNAT CHAIN EXCLUSION", "-j", "RETURN"]));
+        r.extend(s(&[
+            "-m",
+            "comment",
+            "--comment",
+            "AWS SNAT CHAIN EXCLUSION",
+            "-j",
+            "RETURN",
+        ]));
         v.push(r);
     }
     let mut last = s(&[
-        "!", "-o", "vlan+", "-m", "comment", "--comment", "AWS, SNAT", "-m", "addrtype", "!",
-        "--dst-type", "LOCAL", "-j", "SNAT", "--to-source", &st.node_ip.to_string(),
+        "!",
+        "-o",
+        "vlan+",
+        "-m",
+        "comment",
+        "--comment",
+        "AWS, SNAT",
+        "-m",
+        "addrtype",
+        "!",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "SNAT",
+        "--to-source",
+        &st.node_ip.to_string(),
     ]);
     match st.randomize {
         RandomizeSnat::Prng if st.random_fully_supported => last.push("--random-fully".into()),
@@ -391,11 +418,27 @@ pub fn desired_connmark_chain(st: &SnatSettings) -> Vec<Vec<String>> {
         if c.prefix_len() != 0 {
             r.extend(s(&["-d", &c.to_string()]));
         }
-        r.extend(s(&["-m", "comment", "--comment", "AWS CONNMARK CHAIN", "-j", "RETURN"]));
+        r.extend(s(&[
+            "-m",
+            "comment",
+            "--comment",
+            "AWS CONNMARK CHAIN",
+            "-j",
+            "RETURN",
+        ]));
         v.push(r);
     }
     let m = mark_hex(st.connmark);
-    v.push(s(&["-m", "comment", "--comment", "AWS, CONNMARK", "-j", "CONNMARK", "--set-xmark", &format!("{m}/{m}")]));
+    v.push(s(&[
+        "-m",
+        "comment",
+        "--comment",
+        "AWS, CONNMARK",
+        "-j",
+        "CONNMARK",
+        "--set-xmark",
+        &format!("{m}/{m}"),
+    ]));
     dedup(v)
 }
 
@@ -429,7 +472,14 @@ fn desired_hook_rules(st: &SnatSettings) -> Vec<HookRule> {
         v.push(HookRule {
             table: "nat",
             chain: "POSTROUTING",
-            spec: s(&["-m", "comment", "--comment", "AWS SNAT CHAIN", "-j", SNAT_CHAIN]),
+            spec: s(&[
+                "-m",
+                "comment",
+                "--comment",
+                "AWS SNAT CHAIN",
+                "-j",
+                SNAT_CHAIN,
+            ]),
         });
     }
     if st.node_port_support {
@@ -437,9 +487,21 @@ fn desired_hook_rules(st: &SnatSettings) -> Vec<HookRule> {
             table: "mangle",
             chain: "PREROUTING",
             spec: s(&[
-                "-i", &st.primary_if, "-m", "comment", "--comment", "AWS, primary ENI", "-m",
-                "addrtype", "--dst-type", "LOCAL", "--limit-iface-in", "-j", "CONNMARK",
-                "--set-xmark", &format!("{m}/{m}"),
+                "-i",
+                &st.primary_if,
+                "-m",
+                "comment",
+                "--comment",
+                "AWS, primary ENI",
+                "-m",
+                "addrtype",
+                "--dst-type",
+                "LOCAL",
+                "--limit-iface-in",
+                "-j",
+                "CONNMARK",
+                "--set-xmark",
+                &format!("{m}/{m}"),
             ]),
         });
     }
@@ -448,8 +510,19 @@ fn desired_hook_rules(st: &SnatSettings) -> Vec<HookRule> {
             table: "mangle",
             chain: "PREROUTING",
             spec: s(&[
-                "-i", &veths, "-m", "comment", "--comment", "AWS, primary ENI", "-j", "CONNMARK",
-                "--restore-mark", "--nfmask", &m, "--ctmask", &m,
+                "-i",
+                &veths,
+                "-m",
+                "comment",
+                "--comment",
+                "AWS, primary ENI",
+                "-j",
+                "CONNMARK",
+                "--restore-mark",
+                "--nfmask",
+                &m,
+                "--ctmask",
+                &m,
             ]),
         });
     }
@@ -458,8 +531,19 @@ fn desired_hook_rules(st: &SnatSettings) -> Vec<HookRule> {
             table: "mangle",
             chain: "PREROUTING",
             spec: s(&[
-                "-i", "vlan+", "-m", "comment", "--comment", "AWS, primary ENI", "-j", "CONNMARK",
-                "--restore-mark", "--nfmask", &m, "--ctmask", &m,
+                "-i",
+                "vlan+",
+                "-m",
+                "comment",
+                "--comment",
+                "AWS, primary ENI",
+                "-j",
+                "CONNMARK",
+                "--restore-mark",
+                "--nfmask",
+                &m,
+                "--ctmask",
+                &m,
             ]),
         });
     }
@@ -468,7 +552,13 @@ fn desired_hook_rules(st: &SnatSettings) -> Vec<HookRule> {
             table: "nat",
             chain: "PREROUTING",
             spec: s(&[
-                "-i", &veths, "-m", "comment", "--comment", "AWS, outbound connections", "-j",
+                "-i",
+                &veths,
+                "-m",
+                "comment",
+                "--comment",
+                "AWS, outbound connections",
+                "-j",
                 CONNMARK_CHAIN,
             ]),
         });
@@ -477,8 +567,17 @@ fn desired_hook_rules(st: &SnatSettings) -> Vec<HookRule> {
             table: "nat",
             chain: "PREROUTING",
             spec: s(&[
-                "-m", "comment", "--comment", "AWS, CONNMARK", "-j", "CONNMARK", "--restore-mark",
-                "--nfmask", &m, "--ctmask", &m,
+                "-m",
+                "comment",
+                "--comment",
+                "AWS, CONNMARK",
+                "-j",
+                "CONNMARK",
+                "--restore-mark",
+                "--nfmask",
+                &m,
+                "--ctmask",
+                &m,
             ]),
         });
     }
@@ -509,11 +608,20 @@ impl Ipt<'_> {
         let mut a = s(&["-w", "-t", table]);
         a.extend(args);
         self.r.run("iptables", &a)?;
-        self.report.changes.push(format!("iptables {}", a.join(" ")));
+        self.report
+            .changes
+            .push(format!("iptables {}", a.join(" ")));
         Ok(())
     }
 
-    fn rule_op(&mut self, table: &str, op: &str, chain: &str, pos: Option<usize>, spec: &[String]) -> Result<(), HostError> {
+    fn rule_op(
+        &mut self,
+        table: &str,
+        op: &str,
+        chain: &str,
+        pos: Option<usize>,
+        spec: &[String],
+    ) -> Result<(), HostError> {
         let mut a = vec![op.to_string(), chain.to_string()];
         if let Some(p) = pos {
             a.push(p.to_string());
@@ -525,7 +633,13 @@ impl Ipt<'_> {
     /// Make `chain` hold exactly `desired` (the last one appended last, the others inserted at
     /// position 1), deleting everything else. The full desired state is known before any change,
     /// so (unlike upstream) the final rule is never deleted and re-added on a clean pass.
-    fn reconcile_chain(&mut self, table: &str, saved: &SavedTable, chain: &str, desired: &[Vec<String>]) -> Result<(), HostError> {
+    fn reconcile_chain(
+        &mut self,
+        table: &str,
+        saved: &SavedTable,
+        chain: &str,
+        desired: &[Vec<String>],
+    ) -> Result<(), HostError> {
         let current = saved.chain_rules(chain);
         let want: BTreeSet<&Vec<String>> = desired.iter().collect();
         let mut kept: Vec<&Vec<String>> = Vec::new();
@@ -562,7 +676,10 @@ impl Ipt<'_> {
 /// Bring the SNAT and connmark iptables rules to the state `st` asks for (datapath.md §11),
 /// removing our stale rules and chains. Safe to call any number of times (the periodic VPC-CIDR
 /// refresh calls it again when the CIDRs change).
-pub fn reconcile_iptables(runner: &dyn CommandRunner, st: &SnatSettings) -> Result<IptablesReport, HostError> {
+pub fn reconcile_iptables(
+    runner: &dyn CommandRunner,
+    st: &SnatSettings,
+) -> Result<IptablesReport, HostError> {
     let mut ipt = Ipt {
         r: runner,
         report: IptablesReport::default(),
@@ -594,9 +711,8 @@ pub fn reconcile_iptables(runner: &dyn CommandRunner, st: &SnatSettings) -> Resu
                 .collect();
             let current = saved.chain_rules(chain);
             let ours = |r: &Vec<String>| {
-                r.windows(2).any(|w| {
-                    w[0] == "--comment" && OUR_HOOK_COMMENTS.contains(&w[1].as_str())
-                })
+                r.windows(2)
+                    .any(|w| w[0] == "--comment" && OUR_HOOK_COMMENTS.contains(&w[1].as_str()))
             };
             let mut kept: Vec<&Vec<String>> = Vec::new();
             for r in current.iter().copied().filter(|r| ours(r)) {
@@ -612,11 +728,11 @@ pub fn reconcile_iptables(runner: &dyn CommandRunner, st: &SnatSettings) -> Resu
             if table == "nat" && chain == "PREROUTING" && want.len() == 2 {
                 let jump = kept.iter().position(|r| **r == want[0].spec);
                 let restore = kept.iter().position(|r| **r == want[1].spec);
-                if let (Some(j), Some(rp)) = (jump, restore) {
-                    if rp < j {
-                        ipt.rule_op(table, "-D", chain, None, &want[1].spec)?;
-                        moved = true;
-                    }
+                if let (Some(j), Some(rp)) = (jump, restore)
+                    && rp < j
+                {
+                    ipt.rule_op(table, "-D", chain, None, &want[1].spec)?;
+                    moved = true;
                 }
             }
             for h in &want {
@@ -642,11 +758,13 @@ pub fn reconcile_iptables(runner: &dyn CommandRunner, st: &SnatSettings) -> Resu
             .chains
             .iter()
             .filter(|c| {
-                [("AWS-SNAT-CHAIN-"), ("AWS-CONNMARK-CHAIN-")].iter().any(|p| {
-                    c.strip_prefix(p)
-                        .and_then(|n| n.parse::<u32>().ok())
-                        .is_some_and(|n| n > 0)
-                })
+                [("AWS-SNAT-CHAIN-"), ("AWS-CONNMARK-CHAIN-")]
+                    .iter()
+                    .any(|p| {
+                        c.strip_prefix(p)
+                            .and_then(|n| n.parse::<u32>().ok())
+                            .is_some_and(|n| n > 0)
+                    })
             })
             .cloned()
             .collect();
@@ -735,7 +853,11 @@ pub struct NodeReport {
 
 /// Node set-up at start (datapath.md §6 steps 1, 2, 9 and §8): primary ENI MTU, rp_filter loose
 /// on it, ip_forward, the prio-1024 fwmark rule, the prio-1535 external-service rules.
-pub fn setup_node(nl: &mut Netlink, sysctl: &dyn Sysctl, st: &NodeSettings) -> Result<NodeReport, HostError> {
+pub fn setup_node(
+    nl: &mut Netlink,
+    sysctl: &dyn Sysctl,
+    st: &NodeSettings,
+) -> Result<NodeReport, HostError> {
     let link = find_link_by_mac(nl, &st.primary_mac, st.link_attempts, st.link_interval)?;
     if link.mtu != st.mtu {
         nl.set_mtu(link.index, st.mtu)?;
@@ -847,7 +969,9 @@ pub fn setup_eni(nl: &mut Netlink, e: &EniHost) -> Result<String, HostError> {
     if !present {
         nl.add_address(link.index, want)?;
     }
-    let gw = IpAddr::V4(Ipv4Addr::from(u32::from(e.subnet.network()).wrapping_add(1)));
+    let gw = IpAddr::V4(Ipv4Addr::from(
+        u32::from(e.subnet.network()).wrapping_add(1),
+    ));
     // Replace (not add) so a stale route via another device or gateway is corrected in place.
     nl.replace_route(&Route::host(gw, link.index, e.table))?;
     nl.replace_route(&Route::default_via(gw, link.index, e.table))?;
@@ -859,12 +983,10 @@ pub fn setup_eni(nl: &mut Netlink, e: &EniHost) -> Result<String, HostError> {
         Err(err) => return Err(err.into()),
     }
     // Exactly one prio-32765 rule for this address, to our table.
-    let desired = Rule::lookup(false, e.table, PRIO_ENI).from(IpNet::V4(Ipv4Net::from(e.primary_ip)));
+    let desired =
+        Rule::lookup(false, e.table, PRIO_ENI).from(IpNet::V4(Ipv4Net::from(e.primary_ip)));
     for r in nl.rules(false)? {
-        if r.priority == Some(PRIO_ENI)
-            && r.src == desired.src
-            && !desired.matches(&r)
-        {
+        if r.priority == Some(PRIO_ENI) && r.src == desired.src && !desired.matches(&r) {
             nl.del_rules_all(&r)?;
         }
     }
@@ -874,7 +996,11 @@ pub fn setup_eni(nl: &mut Netlink, e: &EniHost) -> Result<String, HostError> {
 
 /// After an ENI is detached: delete every `from <ENI primary IP>/32` rule (any table/priority
 /// the daemon uses for it) and flush its table's routes.
-pub fn teardown_eni(nl: &mut Netlink, primary_ip: Ipv4Addr, table: u32) -> Result<usize, HostError> {
+pub fn teardown_eni(
+    nl: &mut Netlink,
+    primary_ip: Ipv4Addr,
+    table: u32,
+) -> Result<usize, HostError> {
     let src = Some(IpNet::V4(Ipv4Net::from(primary_ip)));
     let mut n = 0;
     for r in nl.rules(false)? {
@@ -914,7 +1040,11 @@ pub struct PodRuleReport {
 /// for every pod, `from <ip>/32 lookup <T> prio 1536` for pods on secondary ENIs (exactly one).
 /// With `prune`, 512/1536 rules for addresses not in `pods` are removed too (only call with a
 /// complete assignment list, i.e. not while an ADD may be between datastore and plugin).
-pub fn reapply_pod_rules(nl: &mut Netlink, pods: &[PodRule], prune: bool) -> Result<PodRuleReport, HostError> {
+pub fn reapply_pod_rules(
+    nl: &mut Netlink,
+    pods: &[PodRule],
+    prune: bool,
+) -> Result<PodRuleReport, HostError> {
     let mut rep = PodRuleReport::default();
     let want: BTreeMap<Ipv4Addr, u32> = pods.iter().map(|p| (p.ip, p.table)).collect();
     let rules = nl.rules(false)?;
@@ -997,15 +1127,32 @@ mod tests {
     fn split_rule_honours_quotes() {
         assert_eq!(
             split_rule(r#"-A X -d 10.0.0.0/16 -m comment --comment "AWS SNAT CHAIN" -j RETURN"#),
-            s(&["-A", "X", "-d", "10.0.0.0/16", "-m", "comment", "--comment", "AWS SNAT CHAIN", "-j", "RETURN"])
+            s(&[
+                "-A",
+                "X",
+                "-d",
+                "10.0.0.0/16",
+                "-m",
+                "comment",
+                "--comment",
+                "AWS SNAT CHAIN",
+                "-j",
+                "RETURN"
+            ])
         );
-        assert_eq!(split_rule(r#"--comment "a \"b\" c""#), s(&["--comment", r#"a "b" c"#]));
+        assert_eq!(
+            split_rule(r#"--comment "a \"b\" c""#),
+            s(&["--comment", r#"a "b" c"#])
+        );
         assert_eq!(split_rule(r#"--comment """#), s(&["--comment", ""]));
     }
 
     #[test]
     fn randomize_parsing() {
-        assert_eq!(RandomizeSnat::parse("hashrandom"), RandomizeSnat::HashRandom);
+        assert_eq!(
+            RandomizeSnat::parse("hashrandom"),
+            RandomizeSnat::HashRandom
+        );
         assert_eq!(RandomizeSnat::parse("none"), RandomizeSnat::None);
         assert_eq!(RandomizeSnat::parse("prng"), RandomizeSnat::Prng);
         assert_eq!(RandomizeSnat::parse("bogus"), RandomizeSnat::Prng);
@@ -1026,9 +1173,19 @@ mod tests {
             ]
         );
         x.random_fully_supported = false;
-        assert!(desired_snat_chain(&x).last().unwrap().ends_with(&["--random".to_string()]));
+        assert!(
+            desired_snat_chain(&x)
+                .last()
+                .unwrap()
+                .ends_with(&["--random".to_string()])
+        );
         x.randomize = RandomizeSnat::None;
-        assert!(desired_snat_chain(&x).last().unwrap().ends_with(&["10.0.1.10".to_string()]));
+        assert!(
+            desired_snat_chain(&x)
+                .last()
+                .unwrap()
+                .ends_with(&["10.0.1.10".to_string()])
+        );
         x.external_snat = true;
         assert!(desired_snat_chain(&x).is_empty());
         assert!(desired_connmark_chain(&x).is_empty());
@@ -1038,7 +1195,10 @@ mod tests {
     fn connmark_chain_and_mark_rendering() {
         let mut x = st();
         x.connmark = 0x4000;
-        let v: Vec<String> = desired_connmark_chain(&x).iter().map(|r| r.join(" ")).collect();
+        let v: Vec<String> = desired_connmark_chain(&x)
+            .iter()
+            .map(|r| r.join(" "))
+            .collect();
         assert_eq!(
             v,
             vec![
@@ -1067,8 +1227,14 @@ mod tests {
     #[test]
     fn fresh_node_commands() {
         let r = RecordingRunner::default();
-        r.reply("iptables-save -t nat", Ok("*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"));
-        r.reply("iptables-save -t mangle", Ok("*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"));
+        r.reply(
+            "iptables-save -t nat",
+            Ok("*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"),
+        );
+        r.reply(
+            "iptables-save -t mangle",
+            Ok("*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"),
+        );
         let rep = reconcile_iptables(&r, &st()).unwrap();
         let calls = r.calls();
         assert_eq!(calls[0], "iptables-save -t nat");
@@ -1081,20 +1247,41 @@ mod tests {
             &"iptables -w -t nat -I AWS-SNAT-CHAIN-0 1 -d 10.0.0.0/16 -m comment --comment \"AWS SNAT CHAIN\" -j RETURN".to_string()
         ));
         // nat PREROUTING: jump appended before the restore rule.
-        let j = calls.iter().position(|c| c.contains("-A PREROUTING -i eni+ -m comment --comment \"AWS, outbound connections\"")).unwrap();
-        let rs = calls.iter().position(|c| c.contains("-t nat -A PREROUTING -m comment --comment \"AWS, CONNMARK\"")).unwrap();
+        let j = calls
+            .iter()
+            .position(|c| {
+                c.contains(
+                    "-A PREROUTING -i eni+ -m comment --comment \"AWS, outbound connections\"",
+                )
+            })
+            .unwrap();
+        let rs = calls
+            .iter()
+            .position(|c| c.contains("-t nat -A PREROUTING -m comment --comment \"AWS, CONNMARK\""))
+            .unwrap();
         assert!(j < rs);
-        assert!(!calls.iter().any(|c| c.contains(" -D ")), "nothing to delete on a fresh node");
+        assert!(
+            !calls.iter().any(|c| c.contains(" -D ")),
+            "nothing to delete on a fresh node"
+        );
         assert_eq!(rep.changes.len(), calls.len() - 2);
     }
 
     #[test]
     fn converged_node_is_left_alone_and_stale_rules_go() {
         let x = st();
-        let mut nat = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:AWS-SNAT-CHAIN-0 - [0:0]\n:AWS-CONNMARK-CHAIN-0 - [0:0]\n");
+        let mut nat = String::from(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:AWS-SNAT-CHAIN-0 - [0:0]\n:AWS-CONNMARK-CHAIN-0 - [0:0]\n",
+        );
         let quote = |r: &Vec<String>| {
             r.iter()
-                .map(|t| if t.contains(' ') { format!("\"{t}\"") } else { t.clone() })
+                .map(|t| {
+                    if t.contains(' ') {
+                        format!("\"{t}\"")
+                    } else {
+                        t.clone()
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -1108,7 +1295,10 @@ mod tests {
             nat.push_str(&format!("-A {CONNMARK_CHAIN} {}\n", quote(&r)));
         }
         let mut mangle = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n");
-        for h in desired_hook_rules(&x).iter().filter(|h| h.table == "mangle") {
+        for h in desired_hook_rules(&x)
+            .iter()
+            .filter(|h| h.table == "mangle")
+        {
             mangle.push_str(&format!("-A {} {}\n", h.chain, quote(&h.spec)));
         }
         let r = RecordingRunner::default();

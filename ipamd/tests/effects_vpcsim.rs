@@ -91,7 +91,7 @@ async fn env() -> Env {
 }
 
 impl Env {
-    async fn manager(&self) -> EniManager<SdkEc2, AwsImdsSource, AssumeLinkPresent> {
+    async fn settings(&self) -> EniSettings {
         let inst = self.imds.instance().await.unwrap();
         let primary = self
             .imds
@@ -115,11 +115,15 @@ impl Env {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(200),
         };
+        st
+    }
+
+    async fn manager(&self) -> EniManager<SdkEc2, AwsImdsSource, AssumeLinkPresent> {
         EniManager::new(
             self.ec2.clone(),
             self.imds.clone(),
             AssumeLinkPresent,
-            st,
+            self.settings().await,
         )
     }
 
@@ -182,7 +186,10 @@ async fn eni_lifecycle_create_attach_grow_shrink_free() {
     let b = m.create_and_attach(AddressRequest::Ips(2)).await.unwrap();
     assert_eq!(b.device_index, 2);
 
-    let desc = m.describe_enis(&[a.info.eni_id.clone()]).await.unwrap();
+    let desc = m
+        .describe_enis(std::slice::from_ref(&a.info.eni_id))
+        .await
+        .unwrap();
     let d = &desc[0];
     assert_eq!(d.description, format!("aws-K8S-{}", e.instance_id));
     assert_eq!(d.tags.get(TAG_INSTANCE_ID), Some(&e.instance_id));
@@ -194,7 +201,10 @@ async fn eni_lifecycle_create_attach_grow_shrink_free() {
     // m5.large has 3 ENIs: a third secondary fails (no free index / attachment limit) and must
     // leave nothing behind.
     let before = e.our_enis().await.len();
-    let err = m.create_and_attach(AddressRequest::Ips(1)).await.unwrap_err();
+    let err = m
+        .create_and_attach(AddressRequest::Ips(1))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, EniError::Ec2(_) | EniError::NoFreeDeviceIndex { .. }),
         "{err:?}"
@@ -206,7 +216,10 @@ async fn eni_lifecycle_create_attach_grow_shrink_free() {
     let ips = m.assign_ips(&a.info.eni_id, 2).await.unwrap();
     assert_eq!(ips.len(), 2);
     m.unassign_ips(&a.info.eni_id, &ips).await.unwrap();
-    let d = &m.describe_enis(&[a.info.eni_id.clone()]).await.unwrap()[0];
+    let d = &m
+        .describe_enis(std::slice::from_ref(&a.info.eni_id))
+        .await
+        .unwrap()[0];
     assert_eq!(d.secondary_ips.len(), 3);
     assert!(ips.iter().all(|ip| !d.secondary_ips.contains(ip)));
 
@@ -255,7 +268,10 @@ async fn prefix_delegation() {
     let more = m.assign_prefixes(&a.info.eni_id, 2).await.unwrap();
     assert_eq!(more.len(), 2);
     m.unassign_prefixes(&a.info.eni_id, &more).await.unwrap();
-    let d = &m.describe_enis(&[a.info.eni_id.clone()]).await.unwrap()[0];
+    let d = &m
+        .describe_enis(std::slice::from_ref(&a.info.eni_id))
+        .await
+        .unwrap()[0];
     assert_eq!(d.prefixes, a.info.prefixes);
     e.sim.check_invariants().unwrap();
 }
@@ -291,13 +307,26 @@ async fn throttling_is_retried_and_counted() {
         .unassign_ips(&a.info.eni_id, &["10.0.0.250".parse().unwrap()])
         .await
         .unwrap_err();
-    assert!(matches!(err, EniError::Ec2(ref x) if !x.is_retryable()), "{err:?}");
-    assert_eq!(e.ec2.stats().snapshot()["UnassignPrivateIpAddresses"].attempts, 1);
+    assert!(
+        matches!(err, EniError::Ec2(ref x) if !x.is_retryable()),
+        "{err:?}"
+    );
+    assert_eq!(
+        e.ec2.stats().snapshot()["UnassignPrivateIpAddresses"].attempts,
+        1
+    );
 }
 
 #[tokio::test]
 async fn every_call_passes_the_token_bucket() {
-    let e = env_with(LimiterSettings { qps: 50.0, burst: 2 }, &[]).await;
+    let e = env_with(
+        LimiterSettings {
+            qps: 50.0,
+            burst: 2,
+        },
+        &[],
+    )
+    .await;
     let m = e.manager().await;
     let a = m.create_and_attach(AddressRequest::None).await.unwrap();
     for _ in 0..4 {
@@ -334,7 +363,10 @@ async fn subnet_discovery_prefers_most_free_and_honours_exclusion() {
     let m = e.manager().await;
     let cands = m.candidate_subnets().await;
     assert_eq!(cands.len(), 2, "{cands:?}");
-    assert_eq!(cands[1], e.subnet_id, "/20 tagged subnet has more free than the /24");
+    assert_eq!(
+        cands[1], e.subnet_id,
+        "/20 tagged subnet has more free than the /24"
+    );
     let a = m.create_and_attach(AddressRequest::Ips(1)).await.unwrap();
     assert_eq!(a.info.subnet_id, cands[0]);
     assert!(a.metadata.subnet_cidr.to_string().starts_with("10.0.16."));
@@ -348,12 +380,18 @@ async fn unmanaged_enis_are_left_alone() {
     let mut t = Tags::new();
     t.insert(TAG_NO_MANAGE.into(), "true".into());
     e.ec2
-        .create_tags(&[a.info.eni_id.clone()], &t)
+        .create_tags(std::slice::from_ref(&a.info.eni_id), &t)
         .await
         .unwrap();
     let err = m.free_eni(&a.info.eni_id).await.unwrap_err();
     assert_eq!(err, EniError::Unmanaged(a.info.eni_id.clone()));
-    assert_eq!(m.describe_enis(&[a.info.eni_id.clone()]).await.unwrap().len(), 1);
+    assert_eq!(
+        m.describe_enis(std::slice::from_ref(&a.info.eni_id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -367,7 +405,8 @@ async fn leaked_enis_two_phase_sweep() {
         if let Some(c) = created {
             tags.insert(
                 TAG_CREATED_AT.into(),
-                c.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                c.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap(),
             );
         }
         CreateEniRequest {
@@ -379,13 +418,21 @@ async fn leaked_enis_two_phase_sweep() {
         }
     };
     let desc = m.description();
-    let leaked = e.ec2.create_network_interface(&mk(Some(old), &desc)).await.unwrap();
+    let leaked = e
+        .ec2
+        .create_network_interface(&mk(Some(old), &desc))
+        .await
+        .unwrap();
     let young = e
         .ec2
         .create_network_interface(&mk(Some(OffsetDateTime::now_utc()), &desc))
         .await
         .unwrap();
-    let untimed = e.ec2.create_network_interface(&mk(None, &desc)).await.unwrap();
+    let untimed = e
+        .ec2
+        .create_network_interface(&mk(None, &desc))
+        .await
+        .unwrap();
     let foreign = e
         .ec2
         .create_network_interface(&mk(Some(old), "someone else's"))
@@ -394,18 +441,179 @@ async fn leaked_enis_two_phase_sweep() {
     let in_use = m.create_and_attach(AddressRequest::None).await.unwrap();
 
     let mut sw = LeakedEniSweeper::new();
-    let r1 = m.sweep_leaked(&mut sw, OffsetDateTime::now_utc()).await.unwrap();
+    let r1 = m
+        .sweep_leaked(&mut sw, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     assert_eq!(r1.marked, vec![leaked.eni_id.clone()]);
     assert!(r1.deleted.is_empty(), "nothing deleted on first sight");
     assert_eq!(r1.tagged, vec![untimed.eni_id.clone()]);
 
-    let r2 = m.sweep_leaked(&mut sw, OffsetDateTime::now_utc()).await.unwrap();
+    let r2 = m
+        .sweep_leaked(&mut sw, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     assert_eq!(r2.deleted, vec![leaked.eni_id.clone()]);
     assert!(sw.marked().is_empty());
 
     let left: Vec<String> = e.our_enis().await.into_iter().map(|x| x.eni_id).collect();
-    for keep in [&young.eni_id, &untimed.eni_id, &foreign.eni_id, &in_use.info.eni_id] {
+    for keep in [
+        &young.eni_id,
+        &untimed.eni_id,
+        &foreign.eni_id,
+        &in_use.info.eni_id,
+    ] {
         assert!(left.contains(keep), "{keep} must survive");
     }
     assert!(!left.contains(&leaked.eni_id));
+}
+
+#[tokio::test]
+async fn imds_token_is_refreshed_and_failures_are_bounded() {
+    let e = env().await;
+    let addr = e.ep.imds_for(&e.instance_id).unwrap();
+    let imds = Imds::new(
+        AwsImdsSource::new(&ImdsSettings {
+            endpoint: Some(format!("http://{addr}")),
+            token_ttl: Duration::from_secs(1),
+            ..ImdsSettings::default()
+        })
+        .unwrap(),
+    );
+    assert_eq!(imds.instance_id().await.unwrap(), e.instance_id);
+    // The first token has expired: IMDS would answer 401 to it; the client must fetch a new one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(imds.instance_id().await.unwrap(), e.instance_id);
+    // An unknown path is a typed "missing", not a transport error.
+    assert!(matches!(
+        imds.interface("0e:ff:ff:ff:ff:ff", "0e:00:00:00:00:00")
+            .await,
+        Err(ipamd::imds::ImdsError::Missing { .. })
+    ));
+
+    // Nothing listening: a transport error after the bounded retries, not a hang.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let imds = Imds::new(
+        AwsImdsSource::new(&ImdsSettings {
+            endpoint: Some(format!("http://{dead_addr}")),
+            max_attempts: 2,
+            ..ImdsSettings::default()
+        })
+        .unwrap(),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(30), imds.instance_id())
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert!(
+        matches!(err, ipamd::imds::ImdsError::Transport { .. }),
+        "{err:?}"
+    );
+    assert!(
+        AwsImdsSource::new(&ImdsSettings {
+            endpoint: Some("not a url".into()),
+            ..ImdsSettings::default()
+        })
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn rollback_when_delete_on_termination_fails() {
+    let e = env().await;
+    e.sim
+        .set_timing(Duration::ZERO, Duration::from_millis(150), Duration::ZERO);
+    let m = e.manager().await;
+    e.fault(
+        "ModifyNetworkInterfaceAttribute",
+        r#"{"error_rate":1.0,"error_code":"UnauthorizedOperation"}"#,
+    )
+    .await;
+    let err = m
+        .create_and_attach(AddressRequest::Ips(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EniError::Ec2(x) if x.code_is("UnauthorizedOperation")),
+        "{err:?}"
+    );
+    assert!(e.our_enis().await.is_empty(), "detached and deleted");
+    let c = e.sim.counters();
+    assert_eq!(c["DetachNetworkInterface"].calls, 1);
+    assert!(c["DeleteNetworkInterface"].calls >= 1);
+    e.sim.check_invariants().unwrap();
+}
+
+struct NeverLink;
+impl ipamd::eni::LinkProbe for NeverLink {
+    fn link_exists(&self, _mac: &str) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn rollback_when_host_link_never_appears() {
+    let e = env().await;
+    let mut st = e.settings().await;
+    st.visible_wait = Backoff {
+        attempts: 3,
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(10),
+    };
+    let m = EniManager::new(e.ec2.clone(), e.imds.clone(), NeverLink, st);
+    let err = m
+        .create_and_attach(AddressRequest::Ips(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EniError::NotVisible {
+                what: "host links",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(e.our_enis().await.is_empty());
+}
+
+#[tokio::test]
+async fn untagged_enis_unmanaged_when_manage_untagged_is_off() {
+    let e = env().await;
+    let mut st = e.settings().await;
+    st.manage_untagged = false;
+    let m = EniManager::new(e.ec2.clone(), e.imds.clone(), AssumeLinkPresent, st);
+    let foreign = e
+        .ec2
+        .create_network_interface(&CreateEniRequest {
+            subnet_id: e.subnet_id.clone(),
+            description: "made by hand".into(),
+            security_groups: vec![],
+            addresses: AddressRequest::None,
+            tags: Tags::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        m.unmanaged_reason(&foreign, false),
+        Some(ipamd::eni::Unmanaged::Untagged)
+    );
+    assert_eq!(
+        m.unmanaged_reason(&foreign, true),
+        None,
+        "primary is always ours"
+    );
+    let ours = m.create_and_attach(AddressRequest::None).await.unwrap();
+    let d = &m
+        .describe_enis(std::slice::from_ref(&ours.info.eni_id))
+        .await
+        .unwrap()[0];
+    assert_eq!(m.unmanaged_reason(d, false), None);
+    assert_eq!(
+        m.free_eni(&foreign.eni_id).await.unwrap_err(),
+        EniError::Unmanaged(foreign.eni_id.clone())
+    );
 }

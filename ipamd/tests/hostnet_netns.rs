@@ -46,9 +46,9 @@ fn clean_stale() {
                 continue;
             };
             let pid = rest.split('-').next().unwrap_or("");
-            let alive = pid
-                .parse::<u32>()
-                .is_ok_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+            let alive = pid.parse::<u32>().is_ok_and(|p| {
+                p == std::process::id() || Path::new(&format!("/proc/{p}")).exists()
+            });
             if !alive {
                 let _ = Command::new("ip").args(["netns", "del", name]).status();
             }
@@ -73,8 +73,13 @@ impl Ns {
         sh(&["ip", "netns", "add", &name]);
         let ns = Self { name };
         // Two veth pairs: "ipdte0" is the primary ENI, "ipdte1" a secondary ENI.
-        for (dev, peer, mac) in [("ipdte0", "ipdtp0", PRIMARY_MAC), ("ipdte1", "ipdtp1", ENI_MAC)] {
-            ns.ip(&["link", "add", dev, "address", mac, "type", "veth", "peer", "name", peer]);
+        for (dev, peer, mac) in [
+            ("ipdte0", "ipdtp0", PRIMARY_MAC),
+            ("ipdte1", "ipdtp1", ENI_MAC),
+        ] {
+            ns.ip(&[
+                "link", "add", dev, "address", mac, "type", "veth", "peer", "name", peer,
+            ]);
             ns.ip(&["link", "set", peer, "up"]);
         }
         ns.ip(&["link", "set", "ipdte0", "up"]);
@@ -117,14 +122,21 @@ impl Ns {
 
     fn runner(&self) -> SystemRunner {
         SystemRunner {
-            prefix: vec!["ip".into(), "netns".into(), "exec".into(), self.name.clone()],
+            prefix: vec![
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                self.name.clone(),
+            ],
         }
     }
 }
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -171,9 +183,36 @@ fn node_and_eni_setup_is_complete_and_idempotent() {
     // the ENI address pointing at the wrong table, an old-mark fwmark rule, a stale
     // external-service rule.
     ns.ip(&["addr", "add", "10.9.9.9/24", "dev", "ipdte1"]);
-    ns.ip(&["rule", "add", "from", "10.0.70.10", "lookup", "7", "prio", "32765"]);
-    ns.ip(&["rule", "add", "fwmark", "0x40/0x40", "lookup", "main", "prio", "1024"]);
-    ns.ip(&["rule", "add", "to", "198.51.100.0/24", "lookup", "main", "prio", "1535"]);
+    ns.ip(&[
+        "rule",
+        "add",
+        "from",
+        "10.0.70.10",
+        "lookup",
+        "7",
+        "prio",
+        "32765",
+    ]);
+    ns.ip(&[
+        "rule",
+        "add",
+        "fwmark",
+        "0x40/0x40",
+        "lookup",
+        "main",
+        "prio",
+        "1024",
+    ]);
+    ns.ip(&[
+        "rule",
+        "add",
+        "to",
+        "198.51.100.0/24",
+        "lookup",
+        "main",
+        "prio",
+        "1535",
+    ]);
 
     let (report, name) = ns.run(|nl| {
         let r = setup_node(nl, &ProcSysctl, &node_settings()).unwrap();
@@ -181,13 +220,20 @@ fn node_and_eni_setup_is_complete_and_idempotent() {
         (r, n)
     });
     assert_eq!(report.primary_if, "ipdte0");
-    assert!(report.enabled_ip_forward, "a fresh namespace has ip_forward=0");
+    assert!(
+        report.enabled_ip_forward,
+        "a fresh namespace has ip_forward=0"
+    );
     assert_eq!(name, "ipdte1");
 
     // Sysctls, inside the namespace.
-    assert_eq!(ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
     assert_eq!(
-        ns.exec(&["cat", "/proc/sys/net/ipv4/conf/ipdte0/rp_filter"]).trim(),
+        ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "1"
+    );
+    assert_eq!(
+        ns.exec(&["cat", "/proc/sys/net/ipv4/conf/ipdte0/rp_filter"])
+            .trim(),
         "2"
     );
     // Links.
@@ -209,8 +255,14 @@ fn node_and_eni_setup_is_complete_and_idempotent() {
     // Table 2: gateway host route and default route.
     let t2 = ns.ipj(&["route", "show", "table", "2"]);
     assert_eq!(t2.len(), 2, "{t2:?}");
-    assert!(t2.iter().any(|r| r["dst"] == "default" && r["gateway"] == "10.0.64.1" && r["dev"] == "ipdte1"));
-    assert!(t2.iter().any(|r| r["dst"] == "10.0.64.1" && r["scope"] == "link" && r["dev"] == "ipdte1"));
+    assert!(
+        t2.iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "10.0.64.1" && r["dev"] == "ipdte1")
+    );
+    assert!(
+        t2.iter()
+            .any(|r| r["dst"] == "10.0.64.1" && r["scope"] == "link" && r["dev"] == "ipdte1")
+    );
     // The connected route is gone from main.
     let main = ns.ipj(&["route", "show", "table", "main"]);
     assert!(!main.iter().any(|r| r["dev"] == "ipdte1"), "{main:?}");
@@ -228,14 +280,22 @@ fn node_and_eni_setup_is_complete_and_idempotent() {
     assert_eq!(ext[0]["dst"], "203.0.113.0");
 
     // Second run: nothing changes.
-    let before = (ns.ip(&["rule"]), ns.ip(&["route", "show", "table", "all"]), ns.ip(&["addr"]));
+    let before = (
+        ns.ip(&["rule"]),
+        ns.ip(&["route", "show", "table", "all"]),
+        ns.ip(&["addr"]),
+    );
     let report2 = ns.run(|nl| {
         let r = setup_node(nl, &ProcSysctl, &node_settings()).unwrap();
         setup_eni(nl, &eni_host()).unwrap();
         r
     });
     assert!(!report2.enabled_ip_forward);
-    let after = (ns.ip(&["rule"]), ns.ip(&["route", "show", "table", "all"]), ns.ip(&["addr"]));
+    let after = (
+        ns.ip(&["rule"]),
+        ns.ip(&["route", "show", "table", "all"]),
+        ns.ip(&["addr"]),
+    );
     assert_eq!(before, after);
 
     // Something (systemd-networkd, a person) wipes the ENI's rule and routes: a re-run repairs.
@@ -305,19 +365,59 @@ fn pod_rules_come_back_after_being_wiped() {
     assert!(r.added.is_empty() && r.removed.is_empty(), "{r:?}");
 
     // Wiped by hand: exactly the missing ones come back.
-    ns.ip(&["rule", "del", "from", "10.0.70.11", "lookup", "2", "prio", "1536"]);
-    ns.ip(&["rule", "del", "to", "10.0.1.20", "lookup", "main", "prio", "512"]);
+    ns.ip(&[
+        "rule",
+        "del",
+        "from",
+        "10.0.70.11",
+        "lookup",
+        "2",
+        "prio",
+        "1536",
+    ]);
+    ns.ip(&[
+        "rule",
+        "del",
+        "to",
+        "10.0.1.20",
+        "lookup",
+        "main",
+        "prio",
+        "512",
+    ]);
     let r = ns.run(|nl| reapply_pod_rules(nl, &pods, false).unwrap());
     assert_eq!(r.added.len(), 2, "{r:?}");
     assert_eq!(rules_at(&ns, 512).len(), 2);
     assert_eq!(rules_at(&ns, 1536).len(), 1);
 
     // A duplicate/wrong-table from-rule is fixed; with prune, rules of unknown pods go.
-    ns.ip(&["rule", "add", "from", "10.0.70.11", "lookup", "3", "prio", "1536"]);
-    ns.ip(&["rule", "add", "to", "10.0.70.99", "lookup", "main", "prio", "512"]);
+    ns.ip(&[
+        "rule",
+        "add",
+        "from",
+        "10.0.70.11",
+        "lookup",
+        "3",
+        "prio",
+        "1536",
+    ]);
+    ns.ip(&[
+        "rule",
+        "add",
+        "to",
+        "10.0.70.99",
+        "lookup",
+        "main",
+        "prio",
+        "512",
+    ]);
     let r = ns.run(|nl| reapply_pod_rules(nl, &pods, false).unwrap());
     assert_eq!(r.removed.len(), 1, "{r:?}");
-    assert_eq!(rules_at(&ns, 512).len(), 3, "no prune: unknown pod rule kept");
+    assert_eq!(
+        rules_at(&ns, 512).len(),
+        3,
+        "no prune: unknown pod rule kept"
+    );
     let r = ns.run(|nl| reapply_pod_rules(nl, &pods, true).unwrap());
     assert_eq!(r.removed.len(), 1, "{r:?}");
     assert_eq!(rules_at(&ns, 512).len(), 2);
@@ -370,7 +470,10 @@ fn iptables_rules_converge_and_stale_ones_go() {
         vec!["-A POSTROUTING -m comment --comment \"AWS SNAT CHAIN\" -j AWS-SNAT-CHAIN-0"]
     );
     assert_eq!(lines_with(&save, "-A AWS-CONNMARK-CHAIN-0").len(), 3);
-    let natpre = lines_with(&save, "-A PREROUTING -i eni+ -m comment --comment \"AWS, outbound");
+    let natpre = lines_with(
+        &save,
+        "-A PREROUTING -i eni+ -m comment --comment \"AWS, outbound",
+    );
     assert_eq!(natpre.len(), 1);
     let pre: Vec<String> = lines_with(&save, "-A PREROUTING");
     assert_eq!(pre.len(), 5, "3 mangle + 2 nat: {pre:#?}");
@@ -379,8 +482,13 @@ fn iptables_rules_converge_and_stale_ones_go() {
     // Converged: a second pass changes nothing.
     let rep = reconcile_iptables(&runner, &st).unwrap();
     assert_eq!(rep.changes, Vec::<String>::new());
-    assert_eq!(ns.exec(&["iptables-save"]).lines().filter(|l| l.starts_with("-A")).count(),
-        save.lines().filter(|l| l.starts_with("-A")).count());
+    assert_eq!(
+        ns.exec(&["iptables-save"])
+            .lines()
+            .filter(|l| l.starts_with("-A"))
+            .count(),
+        save.lines().filter(|l| l.starts_with("-A")).count()
+    );
 
     // Stale: a CIDR no longer in the VPC, an old-format rule, a duplicate; and the restore rule
     // moved ahead of the jump. A foreign rule must survive.
@@ -389,18 +497,108 @@ fn iptables_rules_converge_and_stale_ones_go() {
         v.extend_from_slice(args);
         ns.exec(&v)
     };
-    ipt(&["-t", "nat", "-I", "AWS-SNAT-CHAIN-0", "1", "-d", "172.16.0.0/12", "-m", "comment", "--comment", "AWS SNAT CHAIN", "-j", "RETURN"]);
-    ipt(&["-t", "nat", "-A", "PREROUTING", "-i", "eni+", "-m", "comment", "--comment", "AWS, outbound connections", "-m", "state", "--state", "NEW", "-j", "AWS-CONNMARK-CHAIN-0"]);
-    ipt(&["-t", "nat", "-A", "AWS-CONNMARK-CHAIN-0", "-m", "comment", "--comment", "AWS, CONNMARK", "-j", "CONNMARK", "--set-xmark", "0x80/0x80"]);
-    ipt(&["-t", "nat", "-D", "PREROUTING", "-i", "eni+", "-m", "comment", "--comment", "AWS, outbound connections", "-j", "AWS-CONNMARK-CHAIN-0"]);
-    ipt(&["-t", "nat", "-A", "PREROUTING", "-i", "eni+", "-m", "comment", "--comment", "AWS, outbound connections", "-j", "AWS-CONNMARK-CHAIN-0"]);
-    ipt(&["-t", "nat", "-A", "POSTROUTING", "-o", "ipdte0", "-j", "MASQUERADE"]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-I",
+        "AWS-SNAT-CHAIN-0",
+        "1",
+        "-d",
+        "172.16.0.0/12",
+        "-m",
+        "comment",
+        "--comment",
+        "AWS SNAT CHAIN",
+        "-j",
+        "RETURN",
+    ]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-i",
+        "eni+",
+        "-m",
+        "comment",
+        "--comment",
+        "AWS, outbound connections",
+        "-m",
+        "state",
+        "--state",
+        "NEW",
+        "-j",
+        "AWS-CONNMARK-CHAIN-0",
+    ]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-A",
+        "AWS-CONNMARK-CHAIN-0",
+        "-m",
+        "comment",
+        "--comment",
+        "AWS, CONNMARK",
+        "-j",
+        "CONNMARK",
+        "--set-xmark",
+        "0x80/0x80",
+    ]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-D",
+        "PREROUTING",
+        "-i",
+        "eni+",
+        "-m",
+        "comment",
+        "--comment",
+        "AWS, outbound connections",
+        "-j",
+        "AWS-CONNMARK-CHAIN-0",
+    ]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-i",
+        "eni+",
+        "-m",
+        "comment",
+        "--comment",
+        "AWS, outbound connections",
+        "-j",
+        "AWS-CONNMARK-CHAIN-0",
+    ]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "ipdte0",
+        "-j",
+        "MASQUERADE",
+    ]);
     reconcile_iptables(&runner, &st).unwrap();
     let save2 = ns.exec(&["iptables-save"]);
     assert!(!save2.contains("172.16.0.0/12"));
     assert!(!save2.contains("--state NEW"));
-    assert_eq!(lines_with(&save2, "--set-xmark 0x80/0x80 ").len() + lines_with(&save2, "-A AWS-CONNMARK-CHAIN-0 -m comment --comment \"AWS, CONNMARK\"").len(), 1 + 1);
-    assert!(save2.contains("-A POSTROUTING -o ipdte0 -j MASQUERADE"), "foreign rule kept");
+    assert_eq!(
+        lines_with(
+            &save2,
+            "-A AWS-CONNMARK-CHAIN-0 -m comment --comment \"AWS, CONNMARK\""
+        )
+        .len(),
+        1,
+        "duplicate final rule removed"
+    );
+    assert!(
+        save2.contains("-A POSTROUTING -o ipdte0 -j MASQUERADE"),
+        "foreign rule kept"
+    );
     let nat_pre: Vec<String> = save2
         .split("*nat")
         .nth(1)
@@ -411,7 +609,10 @@ fn iptables_rules_converge_and_stale_ones_go() {
         .collect();
     assert_eq!(nat_pre.len(), 2, "{nat_pre:#?}");
     assert!(nat_pre[0].contains("-j AWS-CONNMARK-CHAIN-0"), "jump first");
-    assert!(nat_pre[1].contains("--restore-mark"), "restore after the jump");
+    assert!(
+        nat_pre[1].contains("--restore-mark"),
+        "restore after the jump"
+    );
 
     // VPC CIDR change and a new mark.
     let mut st2 = st.clone();
@@ -419,12 +620,17 @@ fn iptables_rules_converge_and_stale_ones_go() {
     st2.connmark = 0x4000;
     reconcile_iptables(&runner, &st2).unwrap();
     let save3 = ns.exec(&["iptables-save"]);
-    assert!(save3.contains("-A AWS-SNAT-CHAIN-0 -d 100.64.0.0/16 -m comment --comment \"AWS SNAT CHAIN\" -j RETURN"));
+    assert!(save3.contains(
+        "-A AWS-SNAT-CHAIN-0 -d 100.64.0.0/16 -m comment --comment \"AWS SNAT CHAIN\" -j RETURN"
+    ));
     assert!(!save3.contains("0x80/0x80"), "old mark gone");
     assert!(!save3.contains("--nfmask 0x80 "), "old mark gone");
     assert!(save3.contains("--set-xmark 0x4000/0x4000"));
     let last_snat = lines_with(&save3, "-A AWS-SNAT-CHAIN-0").pop().unwrap();
-    assert!(last_snat.contains("-j SNAT"), "SNAT stays last: {last_snat}");
+    assert!(
+        last_snat.contains("-j SNAT"),
+        "SNAT stays last: {last_snat}"
+    );
 
     // External SNAT: chain emptied, connmark chain removed, node-port rules kept.
     let mut st3 = st2.clone();
@@ -436,17 +642,34 @@ fn iptables_rules_converge_and_stale_ones_go() {
     assert!(!save4.contains("AWS SNAT CHAIN"));
     assert_eq!(lines_with(&save4, "AWS, primary ENI").len(), 3);
     let rep = reconcile_iptables(&runner, &st3).unwrap();
-    assert_eq!(rep.changes, Vec::<String>::new(), "converged with external SNAT");
+    assert_eq!(
+        rep.changes,
+        Vec::<String>::new(),
+        "converged with external SNAT"
+    );
 }
 
 #[test]
 fn old_numbered_chains_are_removed() {
     let ns = Ns::new();
     let runner = ns.runner();
-    for c in ["AWS-SNAT-CHAIN-0", "AWS-SNAT-CHAIN-1", "AWS-CONNMARK-CHAIN-1"] {
+    for c in [
+        "AWS-SNAT-CHAIN-0",
+        "AWS-SNAT-CHAIN-1",
+        "AWS-CONNMARK-CHAIN-1",
+    ] {
         ns.exec(&["iptables", "-w", "-t", "nat", "-N", c]);
     }
-    ns.exec(&["iptables", "-w", "-t", "nat", "-A", "AWS-SNAT-CHAIN-0", "-j", "AWS-SNAT-CHAIN-1"]);
+    ns.exec(&[
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "AWS-SNAT-CHAIN-0",
+        "-j",
+        "AWS-SNAT-CHAIN-1",
+    ]);
     reconcile_iptables(&runner, &snat()).unwrap();
     let save = ns.exec(&["iptables-save", "-t", "nat"]);
     assert!(!save.contains("AWS-SNAT-CHAIN-1"), "{save}");

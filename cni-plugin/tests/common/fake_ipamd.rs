@@ -45,6 +45,8 @@ pub struct State {
     pub gcs: Vec<GcRequest>,
     /// When set, the only `ClientVersion` accepted (default: ours).
     pub required_version: Option<String>,
+    /// IPv6 mode: hand out addresses after this one instead of IPv4.
+    pub v6_base: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Clone)]
@@ -89,6 +91,22 @@ impl CniBackend for Svc {
         }
         if st.exhausted {
             return Ok(Response::new(AddNetworkReply::default()));
+        }
+        if let Some(b6) = st.v6_base {
+            st.next += 1;
+            let ip6 = std::net::Ipv6Addr::from(u128::from(b6) + u128::from(st.next));
+            let m = IpAllocationMetadata {
+                i_pv4_addr: String::new(),
+                i_pv6_addr: ip6.to_string(),
+                device_number: st.device,
+                route_table_id: st.table,
+            };
+            st.allocs.insert(key, m.clone());
+            return Ok(Response::new(AddNetworkReply {
+                success: true,
+                ip_allocation_metadata: vec![m],
+                ..Default::default()
+            }));
         }
         let base = u32::from(self.base);
         let ip = loop {
@@ -215,9 +233,7 @@ impl FakeIpamd {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let listener = rt.block_on(async {
             let l = tokio::net::UnixListener::bind(socket).unwrap();
-            health
-                .set_service_status("", ServingStatus::Serving)
-                .await;
+            health.set_service_status("", ServingStatus::Serving).await;
             l
         });
         rt.spawn(async move {
@@ -250,8 +266,7 @@ impl FakeIpamd {
         } else {
             ServingStatus::NotServing
         };
-        self.rt
-            .block_on(self.health.set_service_status("", s));
+        self.rt.block_on(self.health.set_service_status("", s));
     }
 
     /// Number of live allocations.

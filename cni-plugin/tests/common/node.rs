@@ -67,8 +67,11 @@ pub fn run_in_ns(
     // returns because `nsfile` lives to the end of this function.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sched::setns(BorrowedFd::borrow_raw(fd), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
+            nix::sched::setns(
+                BorrowedFd::borrow_raw(fd),
+                nix::sched::CloneFlags::CLONE_NEWNET,
+            )
+            .map_err(std::io::Error::from)
         });
     }
     let mut child = cmd.spawn().unwrap();
@@ -301,4 +304,3 @@ pub fn assert_clean(node: &Node, ip: &str, veth: &str) {
         "veth {veth} left"
     );
 }
-

@@ -135,3 +135,95 @@ pub async fn primary_mac(endpoint: &str, timeout: Duration) -> Result<String, Im
     }
     Ok(body)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// A one-connection-per-request IMDS on loopback; `token` = whether PUT /latest/api/token
+    /// succeeds. Returns the port and the requests seen (method, path, token header present).
+    fn fake_imds(token: bool, answers: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..answers {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                let mut has_token = false;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    has_token |= h
+                        .to_ascii_lowercase()
+                        .starts_with("x-aws-ec2-metadata-token:");
+                }
+                let words: Vec<&str> = first.split_whitespace().collect();
+                let (status, body) = match (words[0], words[1], token) {
+                    ("PUT", "/latest/api/token", true) => ("200 OK", "T"),
+                    ("PUT", _, false) => ("403 Forbidden", ""),
+                    ("GET", "/latest/meta-data/mac", _) => ("200 OK", "0a:00:00:00:00:01\n"),
+                    _ => ("404 Not Found", ""),
+                };
+                seen.push(format!("{} {} token={has_token}", words[0], words[1]));
+                let mut s = s;
+                write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (port, h)
+    }
+
+    #[tokio::test]
+    async fn imdsv2_token_is_used() {
+        let (port, h) = fake_imds(true, 2);
+        let mac = primary_mac(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(mac, "0a:00:00:00:00:01");
+        assert_eq!(
+            h.join().unwrap(),
+            vec![
+                "PUT /latest/api/token token=false",
+                "GET /latest/meta-data/mac token=true"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_imdsv1_when_token_refused() {
+        let (port, h) = fake_imds(false, 2);
+        let mac = primary_mac(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(mac, "0a:00:00:00:00:01");
+        assert_eq!(
+            h.join().unwrap(),
+            vec![
+                "PUT /latest/api/token token=false",
+                "GET /latest/meta-data/mac token=false"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_endpoints_are_rejected_by_name() {
+        for bad in ["https://169.254.169.254", "169.254.169.254", "http://"] {
+            let e = primary_mac(bad, Duration::from_secs(1)).await.unwrap_err();
+            assert!(matches!(e, ImdsError::Endpoint(_)), "{bad}: {e}");
+        }
+    }
+}

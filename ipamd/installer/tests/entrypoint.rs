@@ -222,6 +222,8 @@ fn plugin_copy_is_atomic_for_concurrent_readers() {
             Ok(())
         })
     };
+    // Start the install only once the watcher has read the old file at least once.
+    assert!(wait_for(LIMIT, || seen_old.load(Ordering::Relaxed) > 0));
     // Let ipamd die right after becoming healthy: only the copy matters here.
     let mut child = l.spawn(
         l.entrypoint()

@@ -192,3 +192,14 @@ fn generator_output_parses_and_is_deterministic() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("x.y") && err.contains("NetworkCards"), "{err}");
 }
+
+#[test]
+fn eni_max_pods_txt_has_header_and_every_type() {
+    let opts = awscni_limits::Options::default();
+    let txt = awscni_limits::eni_max_pods_txt(&opts);
+    assert!(txt.starts_with("# "));
+    assert!(txt.contains(&awscni_limits::source().version));
+    let rows = awscni_limits::parse_eni_max_pods(&txt).unwrap();
+    assert_eq!(rows.len(), all().len());
+    assert!(rows.contains(&("p4d.24xlarge".to_string(), 737)));
+}

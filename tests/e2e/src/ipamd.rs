@@ -47,7 +47,9 @@ impl Ipamd {
             ("AWS_VPC_K8S_CNI_LOG_FILE".into(), p("ipamd.log")),
             ("AWS_VPC_K8S_PLUGIN_LOG_FILE".into(), p("plugin.log")),
             ("AWS_VPC_CNI_MAX_PODS_FILE".into(), p("max-pods")),
-            ("AWS_VPC_K8S_CNI_LOGLEVEL".into(), "DEBUG".into()),
+            // DEBUG also turns on the AWS SDK's per-request tracing, which drowns the daemon's own
+            // lines in the failure messages.
+            ("AWS_VPC_K8S_CNI_LOGLEVEL".into(), "INFO".into()),
             ("DISABLE_METRICS".into(), "true".into()),
             ("DISABLE_INTROSPECTION".into(), "true".into()),
         ];

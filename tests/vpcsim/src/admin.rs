@@ -7,7 +7,7 @@
 //! | `GET /faults` | `{"<Action>" or "*": FaultSpec, …}` |
 //! | `PUT /faults/{action}` (or `POST`) | body: [`FaultSpec`]; `*` = every action without its own |
 //! | `DELETE /faults/{action}`, `DELETE /faults` | removes one / all |
-//! | `GET /timing`, `PUT /timing` | `{"attach_delay_ms", "detach_delay_ms", "imds_lag_ms"}` |
+//! | `GET /timing`, `PUT /timing` | `{"attach_delay_ms", "detach_delay_ms", "imds_lag_ms", "describe_lag_ms"?}` |
 //! | `POST /reset` | clears faults and counters |
 //! | `GET /healthz` | `ok` |
 
@@ -34,6 +34,9 @@ pub struct Timing {
     pub detach_delay_ms: u64,
     /// IMDS / fabric lag.
     pub imds_lag_ms: u64,
+    /// Describe-after-create lag (optional in `PUT`; unchanged when absent).
+    #[serde(default)]
+    pub describe_lag_ms: Option<u64>,
 }
 
 /// The admin router.
@@ -106,6 +109,7 @@ async fn timing(State(sim): State<Arc<Sim>>) -> Response {
         attach_delay_ms: c.attach_delay.as_millis() as u64,
         detach_delay_ms: c.detach_delay.as_millis() as u64,
         imds_lag_ms: c.imds_lag.as_millis() as u64,
+        describe_lag_ms: Some(c.describe_lag.as_millis() as u64),
     })
     .into_response()
 }
@@ -122,6 +126,9 @@ async fn set_timing(State(sim): State<Arc<Sim>>, body: axum::body::Bytes) -> Res
         Duration::from_millis(t.detach_delay_ms),
         Duration::from_millis(t.imds_lag_ms),
     );
+    if let Some(d) = t.describe_lag_ms {
+        sim.set_describe_lag(Duration::from_millis(d));
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -171,6 +171,19 @@ fn real_main(cli: Cli) -> Result<(), String> {
                 Duration::from_secs(a.ready_timeout_secs),
             )
             .map_err(|e| e.to_string())?;
+            eprintln!(
+                "vpcsim: up: {} node(s) ({}), EC2 {} (in nodes {}), admin {}; `vpcsim down --prefix {}` to stop",
+                desc.nodes.len(),
+                desc.nodes
+                    .iter()
+                    .map(|n| n.namespace.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                desc.ec2_endpoint,
+                desc.ec2_endpoint_in_node,
+                desc.admin_endpoint,
+                desc.prefix
+            );
             print_json(&desc, true)
         }
         Cmd::Serve(a) => {

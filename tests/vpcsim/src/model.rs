@@ -91,6 +91,9 @@ pub struct ModelConfig {
     pub detach_delay: Duration,
     /// How long a change takes to become visible in IMDS and the fabric view.
     pub imds_lag: Duration,
+    /// How long a new ENI stays invisible to `DescribeNetworkInterfaces` (EC2's eventual
+    /// consistency: a just-created ENI may briefly be `NotFound`).
+    pub describe_lag: Duration,
     /// Pick count-based addresses at random (seeded) instead of lowest-free-first. AWS picks
     /// addresses itself and clients must not rely on the order; random mode shakes out such
     /// reliance and fragments subnets like a long-lived VPC.
@@ -167,6 +170,8 @@ pub struct Eni {
     pub source_dest_check: bool,
     /// The attachment, if any (also while `attaching`/`detaching`).
     pub attachment: Option<Attachment>,
+    /// Until when `DescribeNetworkInterfaces` does not see the ENI yet (`None`: always seen).
+    pub hidden_until: Option<Instant>,
 }
 
 impl Eni {
@@ -478,6 +483,7 @@ pub struct Model {
     generation: u64,
     unattached_slot_limit: u32,
     new_pending: Vec<Instant>,
+    clock: Instant,
 }
 
 impl Model {
@@ -510,6 +516,7 @@ impl Model {
             generation: 0,
             unattached_slot_limit,
             new_pending: Vec::new(),
+            clock: now,
         };
         m.vpc_id = m.new_id("vpc");
         let sg = m.new_id("sg");
@@ -537,6 +544,11 @@ impl Model {
         self.cfg.attach_delay = attach;
         self.cfg.detach_delay = detach;
         self.cfg.imds_lag = lag;
+    }
+
+    /// Changes the describe-after-create lag at run time.
+    pub fn set_describe_lag(&mut self, lag: Duration) {
+        self.cfg.describe_lag = lag;
     }
 
     /// Generation of the newest state (bumped by every change IMDS/the fabric can see).
@@ -584,6 +596,7 @@ impl Model {
     /// records the visible state as of each one's due time (so the IMDS lag counts from when
     /// the attach really completed, not from when somebody looked).
     pub fn advance(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         let mut due: Vec<(Instant, String)> = self
             .enis
             .values()
@@ -858,6 +871,7 @@ impl Model {
             .enis
             .get_mut(&eni_id)
             .ok_or_else(|| eni_not_found(&eni_id))?;
+        eni.hidden_until = None;
         eni.attachment = Some(Attachment {
             id: att_id.clone(),
             instance_id: instance_id.clone(),
@@ -1152,6 +1166,8 @@ impl Model {
                 interface_type: req.interface_type.unwrap_or_else(|| "interface".into()),
                 source_dest_check: true,
                 attachment: None,
+                hidden_until: (!self.cfg.describe_lag.is_zero())
+                    .then(|| self.clock + self.cfg.describe_lag),
             },
         );
         Ok(id)
@@ -1432,7 +1448,7 @@ impl Model {
             .ok_or_else(|| eni_not_found(eni_id))?;
         eni.secondaries.extend(ips.iter().copied());
         eni.prefixes.extend(prefixes.iter().copied());
-        Ok((ips, prefixes))
+        Ok((eni.secondaries.clone(), prefixes))
     }
 
     /// `UnassignPrivateIpAddresses`: every address/prefix must be on the ENI (else nothing is
@@ -1604,4 +1620,114 @@ fn eni_not_found(id: &str) -> ApiError {
         "InvalidNetworkInterfaceID.NotFound",
         format!("The networkInterface ID '{id}' does not exist"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn model(attach: u64, lag: u64, now: Instant) -> Model {
+        Model::new(
+            ModelConfig {
+                vpc_cidr: "10.0.0.0/16".parse().unwrap(),
+                region: "us-west-2".into(),
+                az: "us-west-2a".into(),
+                account_id: "123456789012".into(),
+                seed: 1,
+                attach_delay: Duration::from_secs(attach),
+                detach_delay: Duration::from_secs(attach),
+                imds_lag: Duration::from_secs(lag),
+                describe_lag: Duration::ZERO,
+                random_addresses: false,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn usable_counts_leave_five_reserved() {
+        let t0 = Instant::now();
+        let mut m = model(0, 0, t0);
+        for (cidr, usable) in [
+            ("10.0.0.0/28", 11),
+            ("10.0.1.0/24", 251),
+            ("10.0.32.0/19", 8187),
+        ] {
+            let id = m.create_subnet(cidr.parse().unwrap(), None, &[]).unwrap();
+            assert_eq!(m.subnet(&id).unwrap().available(), usable, "{cidr}");
+        }
+        // Overlapping and out-of-VPC subnets are refused.
+        let e = m
+            .create_subnet("10.0.1.128/25".parse().unwrap(), None, &[])
+            .unwrap_err();
+        assert_eq!(e.code, "InvalidSubnet.Conflict");
+        let e = m
+            .create_subnet("10.1.0.0/24".parse().unwrap(), None, &[])
+            .unwrap_err();
+        assert_eq!(e.code, "InvalidSubnet.Range");
+    }
+
+    #[test]
+    fn attach_completes_at_its_due_time_and_lags_into_view() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut m = model(5, 10, t0);
+        let sub = m
+            .create_subnet("10.0.1.0/24".parse().unwrap(), None, &[])
+            .unwrap();
+        let node = m.run_instance("m5.large", &sub).unwrap();
+        m.record(t0);
+        let eni = m
+            .create_eni(CreateEni {
+                subnet_id: sub.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        m.attach(&eni, &node.instance_id, 1, None, t0 + s).unwrap();
+        m.record(t0 + s);
+        assert_eq!(m.eni(&eni).unwrap().status(), "attaching");
+        m.advance(t0 + 5 * s);
+        assert_eq!(m.eni(&eni).unwrap().status(), "attaching");
+        m.advance(t0 + 6 * s);
+        assert_eq!(m.eni(&eni).unwrap().status(), "in-use");
+        // Looked at much later: the attach counts from its due time (t0+6s), not from when
+        // the model noticed it.
+        m.advance(t0 + 12 * s);
+        m.record(t0 + 12 * s);
+        let enis = |m: &Model, t: Instant| m.visible(t).1.nodes[0].enis.len();
+        assert_eq!(enis(&m, t0 + 12 * s), 1); // node boot state only
+        assert_eq!(enis(&m, t0 + 15 * s), 1);
+        assert_eq!(enis(&m, t0 + 16 * s), 2);
+    }
+
+    #[test]
+    fn detached_device_index_is_reusable_and_addresses_return_on_delete() {
+        let t0 = Instant::now();
+        let mut m = model(0, 0, t0);
+        let sub = m
+            .create_subnet("10.0.1.0/24".parse().unwrap(), None, &[])
+            .unwrap();
+        let node = m.run_instance("m5.large", &sub).unwrap();
+        let a = m
+            .create_eni(CreateEni {
+                subnet_id: sub.clone(),
+                secondary_count: Some(3),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(m.subnet(&sub).unwrap().available(), 251 - 1 - 4);
+        let (att, _) = m.attach(&a, &node.instance_id, 1, None, t0).unwrap();
+        m.detach(&att, t0).unwrap();
+        let b = m
+            .create_eni(CreateEni {
+                subnet_id: sub.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        m.attach(&b, &node.instance_id, 1, None, t0).unwrap();
+        m.delete_eni(&a).unwrap();
+        assert_eq!(m.subnet(&sub).unwrap().available(), 251 - 2);
+        m.check_invariants().unwrap();
+    }
 }

@@ -30,6 +30,9 @@ pub struct SimConfig {
     pub detach_delay: Duration,
     /// Lag before a change shows in IMDS and the fabric view (default 0).
     pub imds_lag: Duration,
+    /// Time a new ENI is `NotFound` to `DescribeNetworkInterfaces` (default 0), like EC2's
+    /// eventual consistency right after `CreateNetworkInterface`.
+    pub describe_lag: Duration,
     /// Seed for every random choice: the same seed and call sequence give the same IDs, MACs,
     /// addresses and injected faults.
     pub seed: u64,
@@ -50,6 +53,7 @@ impl Default for SimConfig {
             attach_delay: Duration::ZERO,
             detach_delay: Duration::ZERO,
             imds_lag: Duration::ZERO,
+            describe_lag: Duration::ZERO,
             seed: 1,
             random_addresses: false,
             require_auth: true,
@@ -122,6 +126,7 @@ impl Sim {
                 attach_delay: cfg.attach_delay,
                 detach_delay: cfg.detach_delay,
                 imds_lag: cfg.imds_lag,
+                describe_lag: cfg.describe_lag,
                 random_addresses: cfg.random_addresses,
             },
             now,
@@ -225,6 +230,11 @@ impl Sim {
     /// Changes attach/detach delays and the IMDS lag at run time.
     pub fn set_timing(&self, attach: Duration, detach: Duration, imds_lag: Duration) {
         self.with_model(|m, _| m.set_timing(attach, detach, imds_lag));
+    }
+
+    /// Changes the describe-after-create lag at run time.
+    pub fn set_describe_lag(&self, lag: Duration) {
+        self.with_model(|m, _| m.set_describe_lag(lag));
     }
 
     /// The state IMDS and the fabric see now (after the IMDS lag), with its generation.

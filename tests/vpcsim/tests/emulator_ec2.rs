@@ -1132,3 +1132,156 @@ async fn protocol_errors_unsigned_and_unversioned() {
     let c = client("http://127.0.0.1:9");
     assert!(c.describe_subnets().send().await.is_err());
 }
+
+#[tokio::test]
+async fn create_with_explicit_addresses_prefixes_and_groups() {
+    let env = start(SimConfig::default(), "10.0.15.0/24", "m5.large").await;
+    let ec2 = &env.ec2;
+    let sg = env.sim.add_security_group("pods");
+    let out = ec2
+        .create_network_interface()
+        .subnet_id(&env.subnet)
+        .groups(&sg)
+        .private_ip_addresses(
+            aws_sdk_ec2::types::PrivateIpAddressSpecification::builder()
+                .private_ip_address("10.0.15.100")
+                .primary(true)
+                .build(),
+        )
+        .private_ip_addresses(
+            aws_sdk_ec2::types::PrivateIpAddressSpecification::builder()
+                .private_ip_address("10.0.15.101")
+                .primary(false)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ni = out.network_interface().unwrap();
+    assert_eq!(ni.private_ip_address(), Some("10.0.15.100"));
+    let ips: Vec<(&str, bool)> = ni
+        .private_ip_addresses()
+        .iter()
+        .map(|p| (p.private_ip_address().unwrap(), p.primary().unwrap()))
+        .collect();
+    assert_eq!(ips, vec![("10.0.15.100", true), ("10.0.15.101", false)]);
+    assert_eq!(ni.groups()[0].group_id(), Some(sg.as_str()));
+    assert_eq!(ni.groups()[0].group_name(), Some("pods"));
+    // The same address again is in use.
+    expect_err!(
+        ec2.create_network_interface()
+            .subnet_id(&env.subnet)
+            .private_ip_address("10.0.15.101")
+            .send()
+            .await,
+        "InvalidIPAddress.InUse",
+        400
+    );
+    // A reserved one is invalid.
+    expect_err!(
+        ec2.create_network_interface()
+            .subnet_id(&env.subnet)
+            .private_ip_address("10.0.15.255")
+            .send()
+            .await,
+        "InvalidParameterValue",
+        400
+    );
+
+    let out = ec2
+        .create_network_interface()
+        .subnet_id(&env.subnet)
+        .ipv4_prefixes(
+            aws_sdk_ec2::types::Ipv4PrefixSpecificationRequest::builder()
+                .ipv4_prefix("10.0.15.48/28")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ni = out.network_interface().unwrap();
+    let pfx: Vec<&str> = ni
+        .ipv4_prefixes()
+        .iter()
+        .map(|p| p.ipv4_prefix().unwrap())
+        .collect();
+    assert_eq!(pfx, vec!["10.0.15.48/28"]);
+    // Its primary was picked outside the prefix.
+    let primary: Ipv4Addr = ni.private_ip_address().unwrap().parse().unwrap();
+    assert!(
+        !"10.0.15.48/28"
+            .parse::<Ipv4Net>()
+            .unwrap()
+            .contains(&primary)
+    );
+
+    // Security groups of the primary ENI change through ModifyNetworkInterfaceAttribute and
+    // IMDS follows.
+    ec2.modify_network_interface_attribute()
+        .network_interface_id(&env.node.primary_eni_id)
+        .groups(&sg)
+        .send()
+        .await
+        .unwrap();
+    let addr = env.ep.imds_for(&env.node.instance_id).unwrap();
+    let token = emulator_common::imds_token(addr).await;
+    let (st, body) = emulator_common::imds_get(
+        addr,
+        &token,
+        &format!(
+            "/latest/meta-data/network/interfaces/macs/{}/security-group-ids",
+            vpcsim::model::mac_string(&env.node.mac)
+        ),
+    )
+    .await;
+    assert_eq!((st, body.as_str()), (200, sg.as_str()));
+    env.sim.check_invariants().unwrap();
+}
+
+#[tokio::test]
+async fn new_enis_can_be_briefly_not_found_by_describe() {
+    let lag = Duration::from_secs(2);
+    let cfg = SimConfig {
+        describe_lag: lag,
+        ..SimConfig::default()
+    };
+    let env = start(cfg, "10.0.17.0/24", "m5.large").await;
+    let ec2 = &env.ec2;
+    let t0 = std::time::Instant::now();
+    let eni = create_eni(ec2, &env.subnet).await;
+    let by_id = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(&eni)
+        .send()
+        .await;
+    let listed = ec2
+        .describe_network_interfaces()
+        .filters(filter("status", "available"))
+        .send()
+        .await
+        .unwrap();
+    if t0.elapsed() < lag {
+        let msg = expect_err!(by_id, "InvalidNetworkInterfaceID.NotFound", 400);
+        assert!(msg.contains(&format!("'{eni}'")));
+        assert!(listed.network_interfaces().is_empty());
+    }
+    // Other actions see it at once.
+    attach(ec2, &eni, &env.node.instance_id, 1, 0).await;
+    loop {
+        let r = ec2
+            .describe_network_interfaces()
+            .network_interface_ids(&eni)
+            .send()
+            .await;
+        if let Ok(out) = r {
+            assert_eq!(
+                out.network_interfaces()[0].status().unwrap().as_str(),
+                "in-use"
+            );
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(t0.elapsed() >= lag);
+}

@@ -162,6 +162,23 @@ fn http_in(ns_name: &str, addr: SocketAddr, request: String) -> (u16, String) {
     (status, body)
 }
 
+/// `TcpExt: IPReversePathFilter` of a namespace: packets dropped by rp_filter. Read through
+/// `/proc/thread-self` because `/proc/self/net` shows the main thread's namespace.
+fn rp_filter_drops(ns_name: &str) -> u64 {
+    let text = ns::run_in(ns_name, || {
+        std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap()
+    })
+    .unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let names: Vec<&str> = lines[0].split_whitespace().collect();
+    let values: Vec<&str> = lines[1].split_whitespace().collect();
+    let i = names
+        .iter()
+        .position(|n| *n == "IPReversePathFilter")
+        .unwrap();
+    values[i].parse().unwrap()
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -349,14 +366,46 @@ fn second_eni_is_wired_and_a_pod_behind_it_reaches_the_vpc_and_the_internet() {
     // Source/destination check: without the from-pod rule the pod's packets leave through
     // eth0, whose ENI does not own the pod IP, and the VPC drops them, as EC2 does.
     ip(n1ns, &format!("rule del from {pod_ip} lookup 2 prio 1536"));
+    let drops_before = rp_filter_drops(&d.vpc_namespace);
     assert!(
         !ping(&pod_ns, &n2.primary_ip),
         "VPC accepted a foreign source address on eth0"
+    );
+    assert!(
+        rp_filter_drops(&d.vpc_namespace) > drops_before,
+        "the VPC did not drop the packets by its source check"
     );
     ip(n1ns, &format!("rule add from {pod_ip} lookup 2 prio 1536"));
     assert!(
         ping(&pod_ns, &n2.primary_ip),
         "pod lost connectivity after restoring the rule"
+    );
+
+    // A delegated /28 on the same ENI is delivered to it too: give its first address to
+    // node1 (on lo, with the ENI's table for replies) and reach it from node2.
+    let prefix28 = rt
+        .block_on(
+            ec2.assign_private_ip_addresses()
+                .network_interface_id(&eni_id)
+                .ipv4_prefix_count(1)
+                .send(),
+        )
+        .unwrap()
+        .assigned_ipv4_prefixes
+        .unwrap()[0]
+        .ipv4_prefix
+        .clone()
+        .unwrap();
+    wait_in_sync(&d.admin_endpoint);
+    let in_prefix = prefix28.split('/').next().unwrap().to_owned();
+    ip(n1ns, &format!("addr add {in_prefix}/32 dev lo"));
+    ip(
+        n1ns,
+        &format!("rule add from {in_prefix} lookup 2 prio 1536"),
+    );
+    assert!(
+        ping(&n2.namespace, &in_prefix),
+        "{prefix28} not delivered to its ENI"
     );
 
     // IMDS inside the node, at 169.254.169.254:80, shows the new ENI and its addresses.
@@ -560,4 +609,39 @@ fn up_refuses_a_prefix_that_is_running_and_status_reports_it() {
     );
     // The first instance still works after the refused second start.
     assert!(ns::exists(&up.desc.nodes[0].namespace));
+}
+
+#[test]
+fn up_over_a_crashed_instance_cleans_it_up_first() {
+    let up = Up::start('k', &["--nodes", "1"]);
+    let old = up.desc.clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("serve died", Duration::from_secs(5), || {
+        !ns::pid_alive(old.pid as i32)
+    });
+    let out = Command::new(BIN)
+        .args(["up", "--nodes", "1", "--prefix", &up.prefix, "--state-dir"])
+        .arg(up.state_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new: Description = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(new.pid, old.pid);
+    assert!(
+        !ns::pid_alive(old.nodes[0].holder_pid as i32),
+        "old node survived"
+    );
+    assert!(ns::pid_alive(new.nodes[0].holder_pid as i32));
+    assert!(ping(&new.nodes[0].namespace, &new.external.address));
+    let holders = [new.nodes[0].holder_pid];
+    up.down();
+    assert_gone(&up, &holders, new.pid);
 }

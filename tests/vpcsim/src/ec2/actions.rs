@@ -21,7 +21,7 @@ pub fn dispatch(sim: &Sim, action: &str, p: &Params) -> ApiResult<String> {
                 "DescribeInstances" => describe_instances(m, p, &mut x),
                 "DescribeSubnets" => describe_subnets(m, p, &mut x),
                 "DescribeSecurityGroups" => describe_security_groups(m, p, &mut x),
-                "DescribeNetworkInterfaces" => describe_network_interfaces(m, p, &mut x),
+                "DescribeNetworkInterfaces" => describe_network_interfaces(m, p, &mut x, now),
                 "CreateNetworkInterface" => create_network_interface(m, p, &mut x),
                 "AttachNetworkInterface" => {
                     let (att, card) = m.attach(
@@ -269,7 +269,12 @@ fn write_eni(x: &mut Xml, m: &Model, e: &Eni) {
     x.open("ipv6AddressesSet").close("ipv6AddressesSet");
 }
 
-fn describe_network_interfaces(m: &mut Model, p: &Params, x: &mut Xml) -> ApiResult<()> {
+fn describe_network_interfaces(
+    m: &mut Model,
+    p: &Params,
+    x: &mut Xml,
+    now: std::time::Instant,
+) -> ApiResult<()> {
     let ids = p.list("NetworkInterfaceId");
     let max = max_results(p, 5, 1000)?;
     if !ids.is_empty() && max.is_some() {
@@ -277,14 +282,21 @@ fn describe_network_interfaces(m: &mut Model, p: &Params, x: &mut Xml) -> ApiRes
             "The parameter NetworkInterfaceIds cannot be used with the parameter maxResults",
         ));
     }
+    let hidden = |e: &Eni| e.hidden_until.is_some_and(|t| now < t);
     // An unknown ID fails the whole call, quoting the ID (upstream extracts it and retries).
+    // So does one created too recently to be seen yet (eventual consistency).
     for id in &ids {
-        m.eni(id)?;
+        if hidden(m.eni(id)?) {
+            return Err(ApiError::new(
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The networkInterface ID '{id}' does not exist"),
+            ));
+        }
     }
     let filters = p.filters()?;
     let mut items = Vec::new();
     for e in m.enis.values() {
-        if !ids.is_empty() && !ids.contains(&e.id) {
+        if (!ids.is_empty() && !ids.contains(&e.id)) || hidden(e) {
             continue;
         }
         let mut ok = true;

@@ -1,0 +1,266 @@
+//! The daemon core (pool manager, ADD wait, release, reconcile) against the vpcsim emulator over
+//! real HTTP, through the real IMDS/EC2 clients and ENI lifecycle. Host networking is replaced by
+//! a recording fake (no namespace, no root needed): this test checks the glue, not the datapath.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ipamd::config::Config;
+use ipamd::daemon::{
+    AddOutcome, Cloud, Core, Host, NodeInfo, RESTORE_GRACE, RealCloud, build_datastore, limits_for,
+    restore,
+};
+use ipamd::datastore::{EniInfo, IpamKey, PodMeta};
+use ipamd::ec2::{Ec2Settings, RetryPolicy, SdkEc2};
+use ipamd::eni::{AssumeLinkPresent, Backoff, EniManager, EniSettings};
+use ipamd::hostnet::{PodRule, PodRuleReport};
+use ipamd::imds::{AwsImdsSource, Imds, ImdsSettings};
+use ipamd::limiter::{LimiterSettings, TokenBucket};
+use vpcsim::server::{Sim, SimConfig};
+
+#[derive(Default)]
+struct RecordingHost {
+    calls: Mutex<Vec<String>>,
+}
+
+impl Host for RecordingHost {
+    fn setup_node(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn setup_eni(&self, eni: &EniInfo) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("setup {}", eni.id));
+        Ok(())
+    }
+    fn teardown_eni(&self, ip: Ipv4Addr, _table: u32) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("teardown {ip}"));
+        Ok(())
+    }
+    fn link_names(&self) -> Result<Vec<String>, String> {
+        Ok(vec![])
+    }
+    fn reapply_pod_rules(&self, _pods: &[PodRule], _prune: bool) -> Result<PodRuleReport, String> {
+        Ok(PodRuleReport::default())
+    }
+    fn reconcile_iptables(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+type TestCore = Core<RealCloud<AssumeLinkPresent>, RecordingHost>;
+
+async fn start(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> Arc<TestCore> {
+    let subnet = sim
+        .add_subnet("10.0.0.0/24".parse().unwrap(), None, &[])
+        .unwrap();
+    let inst = sim.add_instance("m5.large", &subnet).unwrap();
+    let ep = sim.serve_loopback().await.unwrap();
+    let src = AwsImdsSource::new(&ImdsSettings {
+        endpoint: Some(format!(
+            "http://{}",
+            ep.imds_for(&inst.instance_id).unwrap()
+        )),
+        ..ImdsSettings::default()
+    })
+    .unwrap();
+    let imds = Imds::new(src.clone());
+    let creds = aws_credential_types::Credentials::new("AKIDVPCSIM", "secret", None, None, "test");
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .credentials_provider(creds)
+        .region(aws_config::Region::new("us-west-2"))
+        .load()
+        .await;
+    let ec2 = SdkEc2::from_sdk_config(
+        &sdk,
+        &Ec2Settings {
+            region: "us-west-2".into(),
+            endpoint: Some(ep.ec2_url()),
+            http_timeout: Duration::from_secs(5),
+            retry: RetryPolicy {
+                max_attempts: 10,
+                base: Duration::from_millis(5),
+                max: Duration::from_millis(50),
+            },
+        },
+        Arc::new(
+            TokenBucket::new(LimiterSettings {
+                qps: 100.0,
+                burst: 100,
+            })
+            .unwrap(),
+        ),
+    );
+    let meta = imds.instance().await.unwrap();
+    let interfaces = imds.interfaces(&meta.primary_mac).await.unwrap();
+    let primary = interfaces[0].clone();
+    let mut st = EniSettings::new(
+        &meta.instance_id,
+        primary.vpc_id.as_deref().unwrap_or_default(),
+        &meta.availability_zone,
+        &primary.subnet_id,
+    );
+    st.security_groups = primary.security_groups.clone();
+    let fast = Backoff {
+        attempts: 40,
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    st.visible_wait = fast;
+    st.delete_retry = fast;
+    let mgr = EniManager::new(ec2, Imds::new(src.clone()), AssumeLinkPresent, st);
+
+    let mut m: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m.insert(
+        "AWS_VPC_K8S_CNI_BACKING_STORE".into(),
+        dir.join("ipam.json").display().to_string(),
+    );
+    let cfg = Config::from_lookup(&move |k| m.get(k).cloned()).unwrap().0;
+    let it = awscni_limits::lookup(&meta.instance_type).unwrap();
+    let (limits, mp) = limits_for(it, &cfg, 0);
+    assert_eq!(mp.max_pods, 29);
+    let ds = build_datastore(&cfg, &interfaces, None, &BTreeSet::new());
+    let node = NodeInfo {
+        instance_id: meta.instance_id.clone(),
+        region: meta.region.clone(),
+        instance_type: meta.instance_type.clone(),
+        node_ip: Some(meta.local_ipv4),
+        vpc_cidrs: primary.vpc_cidrs.clone(),
+        primary_mac: meta.primary_mac.clone(),
+    };
+    let cloud = RealCloud::new(Some(mgr), Imds::new(src), &meta.primary_mac);
+    let core = Arc::new(Core::new(
+        cfg,
+        node,
+        limits,
+        ds,
+        cloud,
+        RecordingHost::default(),
+    ));
+    restore(&core, RESTORE_GRACE).await.unwrap();
+    core
+}
+
+fn key(i: usize) -> IpamKey {
+    IpamKey::new("aws-cni", &format!("c{i}"), "eth0")
+}
+
+fn mutating_calls(sim: &Sim) -> u64 {
+    sim.counters()
+        .iter()
+        .filter(|(k, _)| !k.starts_with("Describe"))
+        .map(|(_, v)| v.calls)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_to_max_pods_release_and_steady_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::new(SimConfig::default());
+    let core = start(&sim, dir.path(), &[("IP_COOLDOWN_PERIOD", "0")]).await;
+
+    // Initial fill: one ENI worth of secondary IPs on the primary.
+    core.pool_pass().await;
+    let s = core.with_ds(|ds| ds.stats(SystemTime::now()));
+    assert_eq!((s.enis.len(), s.total()), (1, 9));
+
+    // 27 concurrent ADDs (the m5.large pod-address capacity) with the pool manager running:
+    // every ADD succeeds by waiting for the pool manager instead of failing.
+    let pm = tokio::spawn(core.clone().pool_manager());
+    let mut hs = Vec::new();
+    for i in 0..27 {
+        let c = core.clone();
+        hs.push(tokio::spawn(async move {
+            c.add(
+                &key(i),
+                &PodMeta {
+                    namespace: "default".into(),
+                    name: format!("p{i}"),
+                    interfaces_count: 1,
+                },
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut addrs = BTreeSet::new();
+    for h in hs {
+        match h.await.unwrap() {
+            AddOutcome::Assigned(a) => assert!(addrs.insert(a.addr), "duplicate {}", a.addr),
+            AddOutcome::NoAddress => panic!("ADD failed"),
+        }
+    }
+    let s = core.with_ds(|ds| ds.stats(SystemTime::now()));
+    assert_eq!((s.enis.len(), s.total(), s.assigned()), (3, 27, 27));
+    // The 28th has nothing (27 pod IPs + 2 host-network pods = 29 max pods).
+    let r = core.add(&key(99), &PodMeta::default()).await.unwrap();
+    assert_eq!(r, AddOutcome::NoAddress);
+
+    // EC2 agrees with the datastore, address by address.
+    let ids: Vec<String> = s.enis.iter().map(|e| e.id.clone()).collect();
+    let ec2: BTreeSet<Ipv4Addr> = core
+        .cloud()
+        .describe(&ids)
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|e| e.secondary_ips.clone())
+        .collect();
+    assert_eq!(ec2, addrs);
+    assert_eq!(
+        core.host()
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with("setup"))
+            .count(),
+        2
+    );
+
+    // Steady state: reconcile finds nothing to change and makes no mutating EC2 call.
+    core.stop();
+    pm.await.unwrap();
+    let before = mutating_calls(&sim);
+    for _ in 0..3 {
+        assert!(core.reconcile().await.is_empty());
+    }
+    assert_eq!(mutating_calls(&sim), before);
+    assert!(sim.check_invariants().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_ip_target_releases_excess_to_ec2() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::new(SimConfig::default());
+    let core = start(
+        &sim,
+        dir.path(),
+        &[("WARM_IP_TARGET", "2"), ("IP_COOLDOWN_PERIOD", "0")],
+    )
+    .await;
+    core.pool_pass().await;
+    assert_eq!(core.with_ds(|ds| ds.stats(SystemTime::now()).total()), 2);
+    for i in 0..6 {
+        let r = core.add(&key(i), &PodMeta::default()).await.unwrap();
+        assert!(matches!(r, AddOutcome::Assigned(_)));
+        core.pool_pass().await;
+    }
+    let s = core.with_ds(|ds| ds.stats(SystemTime::now()));
+    assert_eq!((s.total(), s.assigned(), s.free()), (8, 6, 2));
+    for i in 0..6 {
+        core.del(&key(i)).unwrap();
+    }
+    core.pool_pass().await;
+    let s = core.with_ds(|ds| ds.stats(SystemTime::now()));
+    assert_eq!((s.total(), s.free()), (2, 2));
+    let primary_id = s.enis[0].id.clone();
+    let on_ec2 = core.cloud().describe(&[primary_id]).await.unwrap()[0]
+        .secondary_ips
+        .len();
+    assert_eq!(on_ec2, 2);
+}
