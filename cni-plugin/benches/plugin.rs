@@ -38,6 +38,11 @@ fn main() {
     // Quiet logging: measure the data path, not log I/O.
     let mut conf = node.conf("1.0.0");
     conf["pluginLogLevel"] = json!("error");
+    // BENCH_LOG=<file>: debug log with per-phase timings instead.
+    if let Ok(f) = std::env::var("BENCH_LOG") {
+        conf["pluginLogFile"] = json!(f);
+        conf["pluginLogLevel"] = json!("debug");
+    }
     eprintln!("creating {n} pod namespaces...");
     let pods: Vec<Pod> = (0..n).map(|i| Pod::new(&format!("bench-{i}"))).collect();
 

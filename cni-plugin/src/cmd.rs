@@ -62,6 +62,34 @@ impl Outcome {
     }
 }
 
+/// Wall-clock phase timings, logged at debug level (where a slow ADD/DEL spends its time).
+struct Phases {
+    last: std::time::Instant,
+    out: Vec<String>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            out: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        self.out.push(format!(
+            "{what}={:.2}ms",
+            (now - self.last).as_secs_f64() * 1000.0
+        ));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        log!(Level::Debug, "timing {}", self.out.join(" "));
+    }
+}
+
 /// Everything a verb needs, parsed and validated.
 struct Ctx {
     env: CniEnv,
@@ -388,6 +416,7 @@ fn prev_info(r: &CniResult, ifname: &str) -> PrevInfo {
 // ---------------------------------------------------------------- ADD
 
 fn add(ctx: &Ctx) -> Result<Value, PluginError> {
+    let mut t = Phases::new();
     let pod_ns = ctx.open_pod_ns()?;
     let host_ns = NetNs::current()?;
     let mut pod_nl = pod_ns
@@ -397,7 +426,9 @@ fn add(ctx: &Ctx) -> Result<Value, PluginError> {
     wiring::ensure_absent(&mut pod_nl, &pod_ns, &ctx.env.ifname)?;
     let mut host_nl = Netlink::open().map_err(PluginError::nl("open netlink"))?;
 
+    t.mark("netns");
     let ipamd = Ipamd::connect(&ctx.socket).map_err(rpc_err)?;
+    t.mark("connect");
     let pod = &ctx.env.pod;
     let reply = ipamd
         .add(AddNetworkRequest {
@@ -417,6 +448,7 @@ fn add(ctx: &Ctx) -> Result<Value, PluginError> {
             "add cmd: failed to assign an IP address to container: ipamd has no free address right now (the pool refills on its own; the runtime will retry)".into(),
         ));
     }
+    t.mark("AddNetwork");
     let Some(meta) = reply.ip_allocation_metadata.first() else {
         return Err(PluginError::Ipamd(
             "ipamd reported success but returned no address".into(),
@@ -478,6 +510,8 @@ fn add(ctx: &Ctx) -> Result<Value, PluginError> {
         }
     };
 
+    t.mark("wiring");
+    t.log();
     let gw = wiring::gateway_for(ip).to_string();
     let mut res = ctx.prev_result().unwrap_or_default();
     let base = res.interfaces.len() as i64;
@@ -524,6 +558,7 @@ fn del_request(ctx: &Ctx, reason: &str) -> DelNetworkRequest {
 // ---------------------------------------------------------------- DEL
 
 fn del(ctx: &Ctx) -> Result<(), PluginError> {
+    let mut t = Phases::new();
     let st_path = ctx.state_file();
     let st = state::load(&st_path).unwrap_or_else(|e| {
         log!(Level::Warn, "cannot read {}: {e}", st_path.display());
@@ -573,12 +608,16 @@ fn del(ctx: &Ctx) -> Result<(), PluginError> {
         }
     }
 
+    t.mark("DelNetwork");
     ips.sort();
     ips.dedup();
     veths.sort();
     veths.dedup();
     let mut host_nl = Netlink::open().map_err(PluginError::nl("open netlink"))?;
-    wiring::teardown(&mut host_nl, &ips, &veths, &ctx.veth_prefix)?;
+    let res = wiring::teardown(&mut host_nl, &ips, &veths, &ctx.veth_prefix);
+    t.mark("teardown");
+    t.log();
+    res?;
     if let Err(e) = state::remove(&st_path) {
         log!(Level::Warn, "cannot remove {}: {e}", st_path.display());
     }

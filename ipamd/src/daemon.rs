@@ -114,6 +114,11 @@ pub trait Cloud: Send + Sync + 'static {
     fn is_unmanaged(&self, eni: &ec2::EniInfo, is_primary: bool) -> bool;
     /// One leaked-ENI pass (two-phase: mark, then delete on the next pass).
     fn sweep_leaked(&self) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send;
+    /// At start-up only: delete `available` ENIs this instance created (our description and
+    /// instance tag). No other process creates ENIs for this instance, so one left `available`
+    /// is a create-then-crash leftover of a previous run (killed between create and attach, or
+    /// between detach and delete) and need not wait for the hourly two-phase sweep.
+    fn delete_own_available(&self) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send;
 }
 
 /// Host networking the daemon needs. Synchronous: called from blocking tasks.
@@ -203,6 +208,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves consistent data here (every mutation is a single
     // call into the datastore), so keep going rather than poisoning the daemon.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An ADD registered as waiting for the pool manager (counted in `pending`).
+struct Waiting<'a> {
+    ctr: &'a AtomicUsize,
+    active: bool,
+}
+
+impl Waiting<'_> {
+    fn start(&mut self) {
+        if !self.active {
+            self.active = true;
+            self.ctr.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    fn done(&mut self) {
+        if self.active {
+            self.active = false;
+            self.ctr.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
 }
 
 /// ADD outcome.
@@ -384,13 +416,13 @@ impl<C: Cloud, H: Host> Core<C, H> {
         self.write_checkpoint(&ds)
     }
 
-    /// One assignment attempt. A waiting ADD (`counted`) leaves the pending count under the
-    /// datastore lock, so the pool math never sees it both as pending and as assigned.
+    /// One assignment attempt. A waiting ADD leaves the pending count under the datastore lock,
+    /// so the pool math never sees it both as pending and as assigned.
     fn try_assign(
         &self,
         key: &IpamKey,
         meta: &PodMeta,
-        counted: &mut bool,
+        waiting: &mut Waiting<'_>,
     ) -> Result<Option<Assignment>, OpError> {
         let mut ds = lock(&self.ds);
         let res = match ds.assign(key, meta.clone(), SystemTime::now()) {
@@ -405,9 +437,8 @@ impl<C: Cloud, H: Host> Core<C, H> {
             Err(DsError::NoAvailableAddress) => Ok(None),
             Err(e) => Err(e.into()),
         };
-        if *counted && !matches!(res, Ok(None)) {
-            *counted = false;
-            self.pending.fetch_sub(1, Ordering::SeqCst);
+        if !matches!(res, Ok(None)) {
+            waiting.done();
         }
         res
     }
@@ -419,19 +450,22 @@ impl<C: Cloud, H: Host> Core<C, H> {
             return Err(DsError::InvalidKey(key.clone()).into());
         }
         let deadline = tokio::time::Instant::now() + self.cfg.add_wait;
-        let mut counted = false;
+        // Decrements `pending` on every exit, including a cancelled RPC (client deadline).
+        let mut waiting = Waiting {
+            ctr: &self.pending,
+            active: false,
+        };
         let result = loop {
             let notified = self.addrs_added.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_assign(key, meta, &mut counted) {
+            match self.try_assign(key, meta, &mut waiting) {
                 Ok(Some(a)) => break Ok(AddOutcome::Assigned(a)),
                 Ok(None) => {}
                 Err(e) => break Err(e),
             }
-            if !counted {
-                counted = true;
-                self.pending.fetch_add(1, Ordering::SeqCst);
+            if !waiting.active {
+                waiting.start();
                 self.counters.add_waits.fetch_add(1, Ordering::Relaxed);
             }
             if self.is_stopping() || tokio::time::Instant::now() >= deadline {
@@ -441,7 +475,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
             self.wake_pool.notify_one();
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 // One last try: the pool may have grown just as the timer fired.
-                match self.try_assign(key, meta, &mut counted) {
+                match self.try_assign(key, meta, &mut waiting) {
                     Ok(Some(a)) => break Ok(AddOutcome::Assigned(a)),
                     Ok(None) => {
                         self.counters.add_no_address.fetch_add(1, Ordering::Relaxed);
@@ -451,9 +485,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 }
             }
         };
-        if counted {
-            self.pending.fetch_sub(1, Ordering::SeqCst);
-        }
+        waiting.done();
         if let Ok(AddOutcome::Assigned(a)) = &result {
             if !a.existing {
                 tracing::info!(key = %a.key, ip = %a.addr, eni = %a.eni, pod = %format!("{}/{}", a.meta.namespace, a.meta.name), "assigned");
@@ -1352,6 +1384,40 @@ impl<L: LinkProbe + 'static> Cloud for RealCloud<L> {
             .as_ref()
             .is_some_and(|m| m.unmanaged_reason(eni, is_primary).is_some())
     }
+    async fn delete_own_available(&self) -> Result<Vec<String>, CloudError> {
+        use crate::ec2::{Ec2Api, Filter};
+        let m = self.mgr()?;
+        let st = m.settings();
+        let filters = [
+            Filter::new(
+                &format!("tag:{}", crate::eni::TAG_INSTANCE_ID),
+                &st.instance_id,
+            ),
+            Filter::new("status", "available"),
+            Filter::new("vpc-id", &st.vpc_id),
+        ];
+        let found = m
+            .ec2()
+            .describe_network_interfaces_filtered(&filters)
+            .await
+            .map_err(|e| cloud_err(e.into()))?;
+        let mut deleted = Vec::new();
+        for e in found {
+            if e.status != "available"
+                || e.description != m.description()
+                || m.unmanaged_reason(&e, false).is_some()
+            {
+                continue;
+            }
+            match m.free_eni(&e.eni_id).await {
+                Ok(()) => deleted.push(e.eni_id),
+                Err(err) => {
+                    tracing::warn!(eni = %e.eni_id, error = %err, "cannot delete leftover ENI")
+                }
+            }
+        }
+        Ok(deleted)
+    }
     async fn sweep_leaked(&self) -> Result<Vec<String>, CloudError> {
         let m = self.mgr()?;
         let mut sw = self.sweeper.lock().await;
@@ -1606,11 +1672,28 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
 
     let detaching = restore(&core, RESTORE_GRACE).await?;
     core.finish_detaching(detaching).await;
+    if !core.cfg.disable_network_resource_provisioning {
+        match core.cloud.delete_own_available().await {
+            Ok(d) if !d.is_empty() => {
+                tracing::info!(enis = ?d, "deleted ENIs a previous run left detached")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look for leftover ENIs"),
+        }
+    }
     core.repair_pod_rules(true).await;
-    // Pre-scale before serving, as upstream, but never block start-up on EC2 for long.
-    if tokio::time::timeout(Duration::from_secs(60), core.pool_pass())
-        .await
-        .is_err()
+    // Pre-scale: on a node without a single free address (fresh node) wait for the first fill
+    // before serving, as upstream does; a restart with addresses serves at once and lets the
+    // pool manager top up. The pass runs as its own task so that a slow EC2 never gets
+    // cancelled half-way (which could leak a created ENI).
+    let fill = {
+        let c = core.clone();
+        tokio::spawn(async move { c.pool_pass().await })
+    };
+    if core.with_ds(|ds| ds.stats(SystemTime::now()).free()) == 0
+        && tokio::time::timeout(Duration::from_secs(60), fill)
+            .await
+            .is_err()
     {
         tracing::warn!("initial pool fill still running after 60 s; serving anyway");
     }
@@ -1938,6 +2021,9 @@ pub(crate) mod tests {
         async fn sweep_leaked(&self) -> Result<Vec<String>, CloudError> {
             Ok(vec![])
         }
+        async fn delete_own_available(&self) -> Result<Vec<String>, CloudError> {
+            Ok(vec![])
+        }
     }
 
     /// Records host calls; keeps a fake rule set for pod rules.
@@ -2218,6 +2304,26 @@ pub(crate) mod tests {
         let rules = c2.host().pod_rules.lock().unwrap().clone();
         assert!(rules.iter().any(|r| r.ip == held[0].addr));
         assert!(!rules.iter().any(|r| r.ip == held[1].addr));
+    }
+
+    #[tokio::test]
+    async fn cancelled_add_does_not_leak_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(
+            dir.path(),
+            &[("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true")],
+            FakeCloud::with_primary(0),
+        )
+        .await;
+        let c2 = c.clone();
+        let h = tokio::spawn(async move { c2.add(&key("x"), &meta("x")).await });
+        while c.pending() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The client gave up (RPC deadline): tonic drops the handler future.
+        h.abort();
+        let _ = h.await;
+        assert_eq!(c.pending(), 0);
     }
 
     #[tokio::test]

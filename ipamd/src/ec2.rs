@@ -270,6 +270,39 @@ pub struct SubnetInfo {
     pub tags: Tags,
 }
 
+/// Network limits of an instance type, from `DescribeInstanceTypes` (for types missing from the
+/// built-in limits table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTypeInfo {
+    /// e.g. `m5.large`.
+    pub instance_type: String,
+    /// `nitro` / `xen`; absent on bare metal.
+    pub hypervisor: Option<String>,
+    /// Bare-metal type.
+    pub bare_metal: bool,
+    /// Default vCPUs.
+    pub default_vcpus: u32,
+    /// Instance-wide ENI limit (sum over cards).
+    pub max_enis_total: u32,
+    /// ENI limit of the default card: the ENI budget for pods (ipam.md §13 #13).
+    pub max_enis_default_card: u32,
+    /// IPv4 addresses per ENI (primary included).
+    pub ipv4_per_eni: u32,
+    /// IPv6 addresses per ENI.
+    pub ipv6_per_eni: u32,
+    /// Index of the default network card.
+    pub default_card: u32,
+    /// (card index, ENI limit) per card.
+    pub cards: Vec<(u32, u32)>,
+}
+
+impl InstanceTypeInfo {
+    /// Prefix delegation needs Nitro or bare metal.
+    pub fn supports_prefixes(&self) -> bool {
+        self.bare_metal || self.hypervisor.as_deref() == Some("nitro")
+    }
+}
+
 /// One `Filter.N` of a describe call; values are OR-ed, filters AND-ed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
@@ -377,6 +410,12 @@ pub trait Ec2Api: Send + Sync {
         &self,
         filters: &[Filter],
     ) -> impl Future<Output = Result<Vec<SubnetInfo>, Ec2Error>> + Send;
+
+    /// `DescribeInstanceTypes(InstanceType.N)`, all pages (≤ 100 types per request).
+    fn describe_instance_types(
+        &self,
+        types: &[String],
+    ) -> impl Future<Output = Result<Vec<InstanceTypeInfo>, Ec2Error>> + Send;
 
     /// `CreateTags` (overwrites values of existing keys).
     fn create_tags(
@@ -1089,6 +1128,85 @@ impl Ec2Api for SdkEc2 {
             });
         }
         Ok(v)
+    }
+
+    async fn describe_instance_types(
+        &self,
+        types: &[String],
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        const A: &str = "DescribeInstanceTypes";
+        let c = &self.client;
+        let mut all = Vec::new();
+        for chunk in types.chunks(100) {
+            let names: Vec<t::InstanceType> = chunk
+                .iter()
+                .map(|n| t::InstanceType::from(n.as_str()))
+                .collect();
+            let names = &names;
+            let mut token: Option<String> = None;
+            // Every page passes the limiter; bounded against a server that never stops paging.
+            let mut pages = 0;
+            loop {
+                pages += 1;
+                let tok = token.clone();
+                let out = self
+                    .call(A, || {
+                        let tok = tok.clone();
+                        async move {
+                            c.describe_instance_types()
+                                .set_instance_types(Some(names.clone()))
+                                .set_next_token(tok)
+                                .send()
+                                .await
+                                .map_err(|e| sdk_err(A, e))
+                        }
+                    })
+                    .await?;
+                for it in out.instance_types() {
+                    let Some(name) = it.instance_type() else {
+                        continue;
+                    };
+                    let ni = it.network_info();
+                    let cards: Vec<(u32, u32)> = ni
+                        .map(|n| {
+                            n.network_cards()
+                                .iter()
+                                .map(|c| {
+                                    (
+                                        to_u32(c.network_card_index()),
+                                        to_u32(c.maximum_network_interfaces()),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let default_card = to_u32(ni.and_then(|n| n.default_network_card_index()));
+                    let total = to_u32(ni.and_then(|n| n.maximum_network_interfaces()));
+                    let max_enis_default_card = cards
+                        .iter()
+                        .find(|(i, _)| *i == default_card)
+                        .map(|(_, m)| *m)
+                        .unwrap_or(total);
+                    all.push(InstanceTypeInfo {
+                        instance_type: name.as_str().to_string(),
+                        hypervisor: it.hypervisor().map(|h| h.as_str().to_string()),
+                        bare_metal: it.bare_metal().unwrap_or(false),
+                        default_vcpus: to_u32(it.v_cpu_info().and_then(|v| v.default_v_cpus())),
+                        max_enis_total: total,
+                        max_enis_default_card,
+                        ipv4_per_eni: to_u32(ni.and_then(|n| n.ipv4_addresses_per_interface())),
+                        ipv6_per_eni: to_u32(ni.and_then(|n| n.ipv6_addresses_per_interface())),
+                        default_card,
+                        cards,
+                    });
+                }
+                match out.next_token() {
+                    Some(tk) if !tk.is_empty() && pages < 1000 => token = Some(tk.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(all)
     }
 
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<(), Ec2Error> {

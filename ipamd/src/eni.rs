@@ -173,10 +173,12 @@ impl EniSettings {
             network_card: 0,
             max_device_index: 100,
             attach_attempts: 5,
+            // IMDS is local and cheap to poll: a 1 s cap keeps the overshoot after a slow
+            // attach below a second (upstream doubles to 1 min), 30 tries ≈ 25 s budget.
             visible_wait: Backoff {
-                attempts: 12,
+                attempts: 30,
                 initial: Duration::from_millis(100),
-                max: Duration::from_secs(5),
+                max: Duration::from_secs(1),
             },
             delete_retry: Backoff {
                 attempts: 12,

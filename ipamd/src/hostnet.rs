@@ -37,6 +37,9 @@ pub const SNAT_CHAIN: &str = "AWS-SNAT-CHAIN-0";
 /// NAT chain holding the egress connmark rules.
 pub const CONNMARK_CHAIN: &str = "AWS-CONNMARK-CHAIN-0";
 
+/// nftables table upstream uses for egress connmark on nf_tables hosts.
+pub const NFT_TABLE: &str = "aws-cni";
+
 /// Errors of host set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -751,7 +754,24 @@ pub fn reconcile_iptables(
         ipt.exec("nat", s(&["-X", CONNMARK_CHAIN]))?;
     }
 
-    // 5. Numbered chains of old versions (one chain per CIDR), once chain 0 no longer jumps to
+    // 5. Upstream v1.23 on nf_tables hosts keeps the egress connmark rules in an nftables table
+    //    (`ip aws-cni`, datapath.md §11.5) instead of rules 9–13. We always use the iptables form,
+    //    so after an in-place upgrade that table is a leftover of "the other backend": remove it
+    //    once our rules are in place. No `nft` binary, or no such table: nothing to do.
+    if runner
+        .run("nft", &s(&["list", "table", "ip", NFT_TABLE]))
+        .is_ok()
+    {
+        match runner.run("nft", &s(&["delete", "table", "ip", NFT_TABLE])) {
+            Ok(_) => ipt
+                .report
+                .changes
+                .push(format!("nft delete table ip {NFT_TABLE}")),
+            Err(e) => tracing::warn!(error = %e, "could not remove upstream's nftables table"),
+        }
+    }
+
+    // 6. Numbered chains of old versions (one chain per CIDR), once chain 0 no longer jumps to
     //    them (its stale jumps were deleted above).
     if nat.chains.contains("AWS-SNAT-CHAIN-1") {
         let old: Vec<String> = nat

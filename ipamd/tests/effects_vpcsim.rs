@@ -252,6 +252,16 @@ async fn concurrent_attaches_get_distinct_device_indexes() {
     let mut idx = [a.device_index, b.device_index];
     idx.sort();
     assert_eq!(idx, [1, 2]);
+    // Both tasks read DescribeInstances before either attached, so one lost the race for
+    // index 1 and must have retried at index 2.
+    let s = &e.ec2.stats().snapshot()["AttachNetworkInterface"];
+    assert_eq!(s.ok, 2);
+    assert_eq!(
+        s.errors.get("InvalidParameterValue").copied().unwrap_or(0),
+        s.attempts - 2,
+        "{s:?}"
+    );
+    assert!(s.attempts >= 3, "the conflict path ran: {s:?}");
 }
 
 #[tokio::test]
@@ -616,4 +626,22 @@ async fn untagged_enis_unmanaged_when_manage_untagged_is_off() {
         m.free_eni(&foreign.eni_id).await.unwrap_err(),
         EniError::Unmanaged(foreign.eni_id.clone())
     );
+}
+
+#[tokio::test]
+async fn describe_instance_types_reads_network_limits() {
+    let e = env().await;
+    let v = e
+        .ec2
+        .describe_instance_types(&["m5.large".to_string(), "t3.medium".to_string()])
+        .await
+        .unwrap();
+    let m5 = v.iter().find(|t| t.instance_type == "m5.large").unwrap();
+    assert_eq!(m5.max_enis_default_card, 3);
+    assert_eq!(m5.ipv4_per_eni, 10);
+    assert!(m5.supports_prefixes());
+    let t3 = v.iter().find(|t| t.instance_type == "t3.medium").unwrap();
+    assert_eq!(t3.max_enis_default_card, 3);
+    assert_eq!(t3.ipv4_per_eni, 6);
+    assert!(e.ec2.describe_instance_types(&[]).await.unwrap().is_empty());
 }

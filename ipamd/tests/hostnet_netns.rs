@@ -650,6 +650,51 @@ fn iptables_rules_converge_and_stale_ones_go() {
 }
 
 #[test]
+fn upstream_nftables_connmark_table_is_removed() {
+    let ns = Ns::new();
+    // What upstream v1.23 leaves on an nf_tables host (datapath.md §11.5), abridged.
+    ns.exec(&["nft", "add", "table", "ip", "aws-cni"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "aws-cni",
+        "nat-prerouting",
+        "{ type nat hook prerouting priority -90; policy accept; }",
+    ]);
+    ns.exec(&["nft", "add", "chain", "ip", "aws-cni", "snat-mark"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "aws-cni",
+        "snat-mark",
+        "ct",
+        "mark",
+        "set",
+        "ct",
+        "mark",
+        "or",
+        "0x80",
+    ]);
+    let rep = reconcile_iptables(&ns.runner(), &snat()).unwrap();
+    assert!(
+        rep.changes
+            .iter()
+            .any(|c| c == "nft delete table ip aws-cni")
+    );
+    let tables = ns.exec(&["nft", "list", "tables"]);
+    assert!(!tables.contains("ip aws-cni"), "{tables}");
+    // Our iptables connmark rules are in place instead.
+    assert!(
+        ns.exec(&["iptables-save", "-t", "nat"])
+            .contains(":AWS-CONNMARK-CHAIN-0")
+    );
+}
+
+#[test]
 fn old_numbered_chains_are_removed() {
     let ns = Ns::new();
     let runner = ns.runner();

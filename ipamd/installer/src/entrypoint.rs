@@ -174,14 +174,28 @@ pub async fn run(cfg: &EntrypointConfig, opts: &RunOptions) -> Result<i32, Entry
         "ipamd is healthy"
     );
 
-    let text = conflist::render(cfg)?;
-    let path = fsutil::write_file(
-        &cfg.host_cni_confdir_path,
-        CONFLIST_NAME,
-        text.as_bytes(),
-        0o644,
-    )?;
-    tracing::info!(path = %path.display(), "wrote CNI conflist; node network is ready");
+    let written = conflist::render(cfg)
+        .map_err(EntrypointError::from)
+        .and_then(|text| {
+            fsutil::write_file(
+                &cfg.host_cni_confdir_path,
+                CONFLIST_NAME,
+                text.as_bytes(),
+                0o644,
+            )
+            .map_err(EntrypointError::from)
+        });
+    match written {
+        Ok(path) => {
+            tracing::info!(path = %path.display(), "wrote CNI conflist; node network is ready")
+        }
+        Err(e) => {
+            // Do not leave ipamd running without a conflist behind us (outside a container
+            // nothing else would stop it).
+            stop_child(&mut child).await;
+            return Err(e);
+        }
+    }
 
     // Phase 2: stay with ipamd. It never exits on its own while healthy, so any exit that we
     // did not ask for is a failure, even with status 0: kubelet must restart the container.
@@ -199,6 +213,18 @@ pub async fn run(cfg: &EntrypointConfig, opts: &RunOptions) -> Result<i32, Entry
             _ = sigterm.recv() => { terminating = true; forward(&child, Signal::SIGTERM); }
             _ = sigint.recv() => { terminating = true; forward(&child, Signal::SIGINT); }
         }
+    }
+}
+
+/// SIGTERM, up to 10 s of grace (the DaemonSet's termination grace period), then SIGKILL.
+async fn stop_child(child: &mut Child) {
+    forward(child, Signal::SIGTERM);
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ipamd ignored SIGTERM; killing it");
+        let _ = child.kill().await;
     }
 }
 

@@ -247,3 +247,23 @@ fn plugin_copy_is_atomic_for_concurrent_readers() {
     );
     assert_eq!(entries(&l.bin), vec!["aws-cni"]);
 }
+
+/// When the conflist cannot be written, the entrypoint fails and stops the ipamd it started
+/// instead of leaving it orphaned.
+#[test]
+fn conflist_write_failure_stops_ipamd() {
+    let l = Layout::new();
+    // A regular file where the conf dir should be: create_dir_all fails.
+    std::fs::write(&l.conf, b"not a directory").unwrap();
+    let mut child = l.spawn(l.entrypoint().env("FAKE_IPAMD_SERVE_AFTER_MS", "200"));
+    let st = child
+        .wait_timeout(LIMIT)
+        .unwrap_or_else(|| panic!("entrypoint did not exit: {}", l.log()));
+    assert_ne!(st.code(), Some(0), "{}", l.log());
+    assert!(l.log().contains("etc-cni-net.d"), "{}", l.log());
+    assert!(
+        wait_for(LIMIT, || l.report_lines().contains(&"sigterm".to_string())),
+        "ipamd was not stopped: {:?}",
+        l.report_lines()
+    );
+}

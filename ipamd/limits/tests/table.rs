@@ -22,7 +22,7 @@ fn sorted_unique_and_lookup_finds_every_type() {
         assert!(w[0].name < w[1].name, "{} !< {}", w[0].name, w[1].name);
     }
     for t in all() {
-        assert!(std::ptr::eq(lookup(&t.name).unwrap(), t));
+        assert_eq!(lookup(&t.name).unwrap(), t);
     }
     assert!(lookup("m5.LARGE").is_none());
     assert!(lookup("").is_none());

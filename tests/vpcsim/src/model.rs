@@ -1448,7 +1448,7 @@ impl Model {
             .ok_or_else(|| eni_not_found(eni_id))?;
         eni.secondaries.extend(ips.iter().copied());
         eni.prefixes.extend(prefixes.iter().copied());
-        Ok((eni.secondaries.clone(), prefixes))
+        Ok((ips, prefixes))
     }
 
     /// `UnassignPrivateIpAddresses`: every address/prefix must be on the ENI (else nothing is
@@ -1460,6 +1460,14 @@ impl Model {
         prefixes: &[Ipv4Net],
     ) -> ApiResult<()> {
         let eni = self.eni(eni_id)?;
+        for p in prefixes {
+            // Host bits set ("10.0.0.33/28") name no prefix EC2 could have assigned.
+            if p.prefix_len() != 28 || p.addr() != p.network() {
+                return Err(ApiError::invalid_value(format!(
+                    "Prefix '{p}' is not an aligned /28"
+                )));
+            }
+        }
         if ips.is_empty() && prefixes.is_empty() {
             return Err(ApiError::new(
                 "MissingParameter",
@@ -1486,7 +1494,7 @@ impl Model {
             }
         }
         for p in prefixes {
-            if !eni.prefixes.contains(&p.trunc()) || p.prefix_len() != 28 {
+            if !eni.prefixes.contains(p) {
                 return Err(ApiError::invalid_value(format!(
                     "Some of the specified prefixes are not assigned to interface \
                      '{eni_id}': {p}"
@@ -1727,6 +1735,22 @@ mod tests {
             .unwrap();
         m.attach(&b, &node.instance_id, 1, None, t0).unwrap();
         m.delete_eni(&a).unwrap();
+        assert_eq!(m.subnet(&sub).unwrap().available(), 251 - 2);
+        let (_, pfx) = m
+            .assign(
+                &b,
+                Assign {
+                    prefix_count: Some(1),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        // The same prefix with host bits set is refused and releases nothing.
+        let sloppy = Ipv4Net::new(Ipv4Addr::from(u32::from(pfx[0].network()) + 1), 28).unwrap();
+        let e = m.unassign(&b, &[], &[sloppy]).unwrap_err();
+        assert_eq!(e.code, "InvalidParameterValue");
+        assert_eq!(m.subnet(&sub).unwrap().available(), 251 - 2 - 16);
+        m.unassign(&b, &[], &pfx).unwrap();
         assert_eq!(m.subnet(&sub).unwrap().available(), 251 - 2);
         m.check_invariants().unwrap();
     }

@@ -645,3 +645,28 @@ fn up_over_a_crashed_instance_cleans_it_up_first() {
     up.down();
     assert_gone(&up, &holders, new.pid);
 }
+
+#[test]
+fn serve_exits_when_its_vpc_namespace_is_deleted_behind_its_back() {
+    require_root();
+    sweep_stale();
+    let prefix = prefix('l');
+    let state_dir = tempfile::tempdir().unwrap();
+    let mut running = vpcsim::fabric::run::Running::start(
+        Path::new(BIN),
+        &prefix,
+        state_dir.path(),
+        &["--nodes=1".to_owned()],
+    )
+    .unwrap();
+    let pid = running.desc.pid as i32;
+    assert!(ns::pid_alive(pid));
+    ns::delete(&running.desc.vpc_namespace).unwrap();
+    wait_until("serve noticed and exited", Duration::from_secs(10), || {
+        !ns::pid_alive(pid)
+    });
+    // It cleaned up on its way out; stopping again is harmless.
+    let report = running.stop().unwrap();
+    assert!(!report.stopped_serve);
+    assert!(ns::list_with_prefix(&format!("{prefix}-")).is_empty());
+}

@@ -453,7 +453,9 @@ impl Fabric {
 
     /// Runs the reconciler until `shutdown` flips to true: a pass on every change of `changes`
     /// (bursts coalesce, since each pass reads the latest view), plus a periodic resync that
-    /// repairs drift (someone deleted a route) and retries after errors.
+    /// repairs drift (someone deleted a route) and retries after errors. Also returns when the
+    /// VPC namespace has vanished (someone ran `down` with another state directory, or deleted
+    /// it by hand): there is nothing left to reconcile, and the caller should shut down.
     pub async fn run_reconciler<V>(
         self: Arc<Self>,
         view: V,
@@ -465,7 +467,12 @@ impl Fabric {
         let view = Arc::new(view);
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let vpc = vpc_ns(&self.cfg.prefix);
         loop {
+            if !ns::exists(&vpc) {
+                tracing::warn!(namespace = %vpc, "VPC namespace is gone; stopping the reconciler");
+                return;
+            }
             let fabric = Arc::clone(&self);
             let v = Arc::clone(&view);
             let res = tokio::task::spawn_blocking(move || fabric.reconcile(&v())).await;

@@ -318,7 +318,14 @@ async fn serve_with(
     ));
     ready(&desc);
 
-    wait_for_signal().await?;
+    let mut reconciler = reconciler;
+    tokio::select! {
+        r = wait_for_signal() => r?,
+        _ = &mut reconciler => {
+            progress("the fabric's VPC namespace disappeared; exiting");
+            return Ok(());
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = reconciler.await;
     Ok(())
@@ -505,6 +512,59 @@ fn log_tail(log: &Path, from: u64) -> String {
     }
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A vpcsim started with [`up`] that is stopped with [`down`] when dropped, for tests that
+/// drive the real binary (`exe`) and must not leave namespaces behind on any exit path.
+#[derive(Debug)]
+pub struct Running {
+    /// The description printed by `up`.
+    pub desc: Description,
+    /// The state directory it was started with.
+    pub state_dir: PathBuf,
+    stopped: bool,
+}
+
+impl Running {
+    /// Runs `exe up <args> --prefix <prefix> --state-dir <state_dir>` (see [`up`]); on failure
+    /// cleans up whatever the attempt left.
+    pub fn start(
+        exe: &Path,
+        prefix: &str,
+        state_dir: &Path,
+        args: &[String],
+    ) -> Result<Running, FabricError> {
+        let mut all = vec![
+            format!("--prefix={prefix}"),
+            format!("--state-dir={}", state_dir.display()),
+        ];
+        all.extend_from_slice(args);
+        match up(exe, &all, state_dir, prefix, Duration::from_secs(60)) {
+            Ok(desc) => Ok(Running {
+                desc,
+                state_dir: state_dir.to_path_buf(),
+                stopped: false,
+            }),
+            Err(e) => {
+                let _ = down(state_dir, prefix, Duration::from_secs(5));
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops it now (idempotent; also done on drop).
+    pub fn stop(&mut self) -> Result<DownReport, FabricError> {
+        self.stopped = true;
+        down(&self.state_dir, &self.desc.prefix, Duration::from_secs(15))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.stop();
+        }
+    }
 }
 
 /// What `vpcsim status` prints.
