@@ -422,9 +422,17 @@ fn add(ctx: &Ctx) -> Result<Value, PluginError> {
     let mut pod_nl = pod_ns
         .run_in(Netlink::open)?
         .map_err(PluginError::nl("open netlink in the pod"))?;
+    let mut host_nl = Netlink::open().map_err(PluginError::nl("open netlink"))?;
+    let host_veth = ctx.host_veth();
+    if wiring::remove_own_leftover(&mut host_nl, &mut pod_nl, &ctx.env.ifname, &host_veth)? {
+        log!(
+            Level::Info,
+            "removed {host_veth}/{} left from an earlier attachment in this netns",
+            ctx.env.ifname
+        );
+    }
     // Refuse before asking ipamd for anything: no state change on this error.
     wiring::ensure_absent(&mut pod_nl, &pod_ns, &ctx.env.ifname)?;
-    let mut host_nl = Netlink::open().map_err(PluginError::nl("open netlink"))?;
 
     t.mark("netns");
     let ipamd = Ipamd::connect(&ctx.socket).map_err(rpc_err)?;
@@ -456,7 +464,6 @@ fn add(ctx: &Ctx) -> Result<Value, PluginError> {
     };
     let ip = alloc_ip(meta)?;
     let table = wiring::host_table(meta.route_table_id);
-    let host_veth = ctx.host_veth();
     log!(
         Level::Info,
         "ipamd assigned {ip} (device {}, table {table}); host veth {host_veth}",
@@ -502,6 +509,7 @@ fn add(ctx: &Ctx) -> Result<Value, PluginError> {
                 &[ip],
                 std::slice::from_ref(&host_veth),
                 &ctx.veth_prefix,
+                true,
             ) {
                 log!(Level::Warn, "rollback: {t}");
             }
@@ -613,8 +621,16 @@ fn del(ctx: &Ctx) -> Result<(), PluginError> {
     ips.dedup();
     veths.sort();
     veths.dedup();
+    // While the pod netns exists the veth pair is left alone, as upstream does: the runtime
+    // owns the netns and destroys it right after DEL, and the kernel then removes the pair in
+    // its batched, asynchronous netns cleanup. Deleting it here would put 12-20 ms on the
+    // runtime's critical path (unregistering a netdev waits for an RCU barrier; measured in
+    // docs/benchmarks/plugin.md). Host routes and rules are always removed, so a kept netns
+    // is isolated; a re-ADD into it removes the leftover pair (`remove_own_leftover`). When
+    // the netns is gone or unknown, any host veth still around is deleted.
+    let netns_alive = !ctx.env.netns.is_empty() && std::path::Path::new(&ctx.env.netns).exists();
     let mut host_nl = Netlink::open().map_err(PluginError::nl("open netlink"))?;
-    let res = wiring::teardown(&mut host_nl, &ips, &veths, &ctx.veth_prefix);
+    let res = wiring::teardown(&mut host_nl, &ips, &veths, &ctx.veth_prefix, !netns_alive);
     t.mark("teardown");
     t.log();
     res?;
@@ -793,7 +809,14 @@ fn gc(ctx: &Ctx) -> Result<(), PluginError> {
     stale_ips.dedup();
     if !stale_ips.is_empty() || !stale_veths.is_empty() {
         let mut host_nl = Netlink::open().map_err(PluginError::nl("open netlink"))?;
-        if let Err(e) = wiring::teardown(&mut host_nl, &stale_ips, &stale_veths, &ctx.veth_prefix) {
+        // GC: the netns of stale attachments may be assumed gone; remove any veth left.
+        if let Err(e) = wiring::teardown(
+            &mut host_nl,
+            &stale_ips,
+            &stale_veths,
+            &ctx.veth_prefix,
+            true,
+        ) {
             errors.push(e.to_string());
         }
     }

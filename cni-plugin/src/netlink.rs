@@ -183,6 +183,8 @@ pub struct Link {
     pub up: bool,
     /// Link kind (`veth`, `dummy`, ...) when the kernel reports one.
     pub kind: Option<String>,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
+    pub peer_index: Option<u32>,
 }
 
 /// An interface address.
@@ -1007,12 +1009,14 @@ fn link_from(l: LinkMessage) -> Link {
         mtu: 0,
         up: l.header.flags.contains(LinkFlags::Up),
         kind: None,
+        peer_index: None,
     };
     for a in l.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::Address(b) => link.mac = MacAddr::from_slice(&b),
             LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::Link(i) => link.peer_index = Some(i),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {

@@ -291,14 +291,15 @@ pub fn from_pod_rule(ip: IpAddr, table: u32) -> Rule {
 /// - every prio-512 `to <ip>` rule and every prio-1536 `from <ip>` rule, whatever its table
 ///   (so it works without knowing the table: DEL with ipamd down and no `prevResult`);
 /// - the main-table `/32` route;
-/// - the host veth: by name when known, otherwise the route's output link when it is a veth
-///   whose name starts with `veth_prefix` (our design; upstream leaves the veth to die with
-///   the pod netns, which is wrong when the runtime keeps the netns around).
+/// - with `remove_links`: the host veths named in `host_veths`, plus the route's output link
+///   when it is a veth whose name starts with `veth_prefix`. Callers pass `false` when the pod
+///   netns still exists (see `cmd::del` for why).
 pub fn teardown(
     host: &mut Netlink,
     ips: &[IpAddr],
     host_veths: &[String],
     veth_prefix: &str,
+    remove_links: bool,
 ) -> Result<(), PluginError> {
     let mut errors: Vec<String> = Vec::new();
     let mut veths: Vec<String> = host_veths.to_vec();
@@ -329,6 +330,9 @@ pub fn teardown(
         let routes = host.routes(fam_v6, Some(TABLE_MAIN)).unwrap_or_default();
         for ip in &fam_ips {
             for r in routes.iter().filter(|r| r.dst == host_net(*ip)) {
+                if !remove_links {
+                    continue;
+                }
                 let link = r.oif.and_then(|oif| host.link_by_index(oif).ok().flatten());
                 if let Some(l) = link
                     && l.kind.as_deref() == Some("veth")
@@ -351,6 +355,9 @@ pub fn teardown(
                 errors.push(e.to_string());
             }
         }
+    }
+    if !remove_links {
+        veths.clear();
     }
     for v in veths {
         match host.delete_link_by_name(&v) {
@@ -448,10 +455,10 @@ pub fn check(
     let routes = pod
         .routes(v6, Some(TABLE_MAIN))
         .map_err(nl("list pod routes"))?;
-    if !routes
-        .iter()
-        .any(|r| r.dst == host_net(gw) && r.oif == Some(pod_link.index) && r.scope == Scope::Link)
-    {
+    // IPv6 routes carry no scope (the kernel reports every one as global).
+    if !routes.iter().any(|r| {
+        r.dst == host_net(gw) && r.oif == Some(pod_link.index) && (v6 || r.scope == Scope::Link)
+    }) {
         return drift(format!(
             "pod route {} dev {} scope link is missing",
             host_net(gw),
@@ -485,6 +492,37 @@ pub fn check(
         )),
         Some(_) => Ok(()),
     }
+}
+
+/// Removes the veth of an earlier attachment of this pod whose netns the runtime kept: DEL
+/// leaves the veth to die with the netns (see `cmd::del`), so a runtime that re-ADDs into the
+/// same netns finds `CNI_IFNAME` still there. Only a pair whose host end has our computed name
+/// *and* whose peer is that pod interface is removed (upstream's ADD step 0 deletes the host
+/// veth by name unconditionally). Returns whether something was removed.
+pub fn remove_own_leftover(
+    host: &mut Netlink,
+    pod: &mut Netlink,
+    ifname: &str,
+    host_veth: &str,
+) -> Result<bool, PluginError> {
+    let Some(pod_link) = pod
+        .link_by_name(ifname)
+        .map_err(PluginError::nl(format!("look up {ifname} in the pod")))?
+    else {
+        return Ok(false);
+    };
+    let Some(host_link) = host
+        .link_by_name(host_veth)
+        .map_err(PluginError::nl(format!("look up {host_veth}")))?
+    else {
+        return Ok(false);
+    };
+    if host_link.kind.as_deref() != Some("veth") || host_link.peer_index != Some(pod_link.index) {
+        return Ok(false);
+    }
+    host.delete_link(host_link.index)
+        .map_err(PluginError::nl(format!("delete leftover {host_veth}")))?;
+    Ok(true)
 }
 
 /// Ensures the pod interface does not exist yet (ADD must fail, without any state change,

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::node::{Node, Pod, assert_clean, assert_wired, result_ip, run_in_ns};
+use common::node::{Node, Pod, assert_host_clean, assert_wired, result_ip, run_in_ns};
 use serde_json::json;
 
 /// Versions Debian's libcni (v1.1.x) knows; 1.1.0 (GC/STATUS) is covered by status_gc.rs.
@@ -148,7 +148,7 @@ fn libcni_chain_with_portmap() {
         }
 
         run("del").assert_ok();
-        assert_clean(&node, &ip, &pod.host_veth());
+        assert_host_clean(&node, &ip);
         let nat = node.ns.exec(&["iptables", "-t", "nat", "-S"]);
         let nat = String::from_utf8_lossy(&nat.stdout).to_string();
         assert!(

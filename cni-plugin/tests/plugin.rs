@@ -8,7 +8,9 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::node::{Node, Pod, assert_clean, assert_wired, result_ip};
+use common::node::{
+    Node, Pod, assert_clean, assert_host_clean, assert_veth_gone, assert_wired, result_ip,
+};
 use serde_json::{Value, json};
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -64,10 +66,12 @@ fn add_check_del_every_version() {
         let del = node.cni("DEL", &pod, &with_prev);
         del.assert_ok();
         assert!(del.stdout.trim().is_empty(), "{del:?}");
-        assert_clean(&node, &ip, &pod.host_veth());
-        let links = pod.ns().ip_json(&["link", "show"]).to_string();
-        assert!(!links.contains("eth0"), "{links}");
+        assert_host_clean(&node, &ip);
         assert_eq!(node.ipamd.live(), 0);
+        // As upstream, the veth pair dies with the pod netns, which the runtime removes.
+        let veth = pod.host_veth();
+        drop(pod);
+        assert_veth_gone(&node, &veth);
     }
     let log = std::fs::read_to_string(node.log_file()).unwrap();
     assert!(log.contains("[ADD net=aws-cni"), "{log}");
@@ -113,7 +117,7 @@ fn check_names_what_drifted() {
         "pod neighbour 169.254.1.1 points at 02:00:00:00:00:99",
     );
     node.cni("DEL", &pod, &conf).assert_ok();
-    assert_clean(&node, &ip, &pod.host_veth());
+    assert_host_clean(&node, &ip);
 
     // Fresh pod; drop the from-pod rule on the node.
     let pod = Pod::new("drift2");
@@ -147,7 +151,7 @@ fn check_names_what_drifted() {
     node.ipamd.state.lock().unwrap().allocs.clear();
     expect_drift(&node, &pod, &conf, "ipamd holds no address");
     node.cni("DEL", &pod, &conf).assert_ok();
-    assert_clean(&node, &ip, &pod.host_veth());
+    assert_host_clean(&node, &ip);
 }
 
 #[test]
@@ -167,10 +171,21 @@ fn del_edge_cases() {
     let res = node.cni("ADD", &pod, &conf).assert_ok().json();
     let ip = result_ip(&res);
     node.cni("DEL", &pod, &conf).assert_ok();
-    assert_clean(&node, &ip, &pod.host_veth());
+    assert_host_clean(&node, &ip);
     node.cni("DEL", &pod, &conf).assert_ok();
+    // The runtime kept the netns (the pair is still in it): a re-ADD replaces the leftover.
+    let res = node.cni("ADD", &pod, &conf).assert_ok().json();
+    let ip = result_ip(&res);
+    assert_wired(&node, &pod, &ip, Some(4));
+    node.cni("DEL", &pod, &conf).assert_ok();
+    assert_host_clean(&node, &ip);
+    // DEL without a netns path: the plugin cannot know the pair will die, so it deletes it.
     pod.path_override = Some(String::new());
     node.cni("DEL", &pod, &conf).assert_ok();
+    assert_clean(&node, &ip, &pod.host_veth());
+    let links = pod.ns().ip_json(&["link", "show"]).to_string();
+    assert!(!links.contains("eth0"), "{links}");
+    pod.path_override = None;
     pod.kill_netns();
     node.cni("DEL", &pod, &conf).assert_ok();
 
@@ -196,14 +211,14 @@ fn del_edge_cases() {
     node.ipamd.stop();
     assert!(!sock.exists());
     node.cni("DEL", &pod, &conf).assert_ok();
-    assert_clean(&node, &ip_a, &pod.host_veth());
+    assert_host_clean(&node, &ip_a);
     let state_file =
         std::path::Path::new(&node.state_dir()).join(format!("aws-cni-{}-eth0.json", pod_b.cid));
     std::fs::remove_file(&state_file).unwrap();
     let mut with_prev = conf.clone();
     with_prev["prevResult"] = res_b;
     node.cni("DEL", &pod_b, &with_prev).assert_ok();
-    assert_clean(&node, &ip_b, &pod_b.host_veth());
+    assert_host_clean(&node, &ip_b);
     let log = std::fs::read_to_string(node.log_file()).unwrap();
     assert!(log.contains("ipamd not reachable"), "{log}");
 }
@@ -359,10 +374,15 @@ fn concurrent_adds_get_distinct_wiring() {
             s.spawn(move || node.cni("DEL", p, conf).assert_ok().code);
         }
     });
-    for (p, r) in pods.iter().zip(&results) {
-        assert_clean(&node, &result_ip(r), &p.host_veth());
+    let veths: Vec<String> = pods.iter().map(Pod::host_veth).collect();
+    for r in &results {
+        assert_host_clean(&node, &result_ip(r));
     }
     assert_eq!(node.ipamd.live(), 0);
+    drop(pods);
+    for v in &veths {
+        assert_veth_gone(&node, v);
+    }
 }
 
 #[test]
@@ -403,11 +423,7 @@ fn runtime_without_pod_identity() {
             &conf.to_string(),
         )
         .assert_ok();
-        assert_clean(
-            &node,
-            ip,
-            &aws_cni::wiring::host_veth_name("eni", "", "", &p.cid),
-        );
+        assert_host_clean(&node, ip);
     }
 }
 
@@ -425,7 +441,9 @@ fn ipv6_pod() {
     let ip = addr.trim_end_matches("/128").to_string();
     let veth = pod.host_veth();
     // Pod: /128, not tentative (the plugin waited for DAD), gateway route, neighbour.
-    let a = pod.ns().ip_json(&["-6", "addr", "show", "eth0", "scope", "global"]);
+    let a = pod
+        .ns()
+        .ip_json(&["-6", "addr", "show", "eth0", "scope", "global"]);
     assert_eq!(a[0]["addr_info"][0]["local"], ip.as_str(), "{a}");
     assert_eq!(a[0]["addr_info"][0]["prefixlen"], 128, "{a}");
     assert!(!a.to_string().contains("tentative"), "{a}");
@@ -446,12 +464,16 @@ fn ipv6_pod() {
     let hr = node.ns.ip(&["-6", "route", "show"]);
     assert!(hr.contains(&format!("{ip} dev {veth}")), "{hr}");
     let rules = node.ns.ip(&["-6", "rule", "show"]);
-    assert!(rules.contains(&format!("512:\tfrom all to {ip} lookup main")), "{rules}");
+    assert!(
+        rules.contains(&format!("512:\tfrom all to {ip} lookup main")),
+        "{rules}"
+    );
     conf["prevResult"] = res;
     node.cni("CHECK", &pod, &conf).assert_ok();
     node.cni("DEL", &pod, &conf).assert_ok();
     let rules = node.ns.ip(&["-6", "rule", "show"]);
     assert!(!rules.contains(&ip), "{rules}");
     assert!(!node.ns.ip(&["-6", "route", "show"]).contains(&ip));
-    assert!(!node.link_names().contains(&veth));
+    drop(pod);
+    assert_veth_gone(&node, &veth);
 }

@@ -912,6 +912,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
             )
         };
         let known: HashSet<EniId> = self.with_ds(|ds| ds.enis().map(|e| e.id.clone()).collect());
+        let detaching: Vec<EniId> = lock(&self.detaching).clone();
         let imds_ids: HashSet<&str> = imds.iter().map(|m| m.eni_id.as_str()).collect();
         let ec2_ok = !self.cfg.enable_imds_only_mode;
 
@@ -922,6 +923,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 !known.contains(&m.eni_id)
                     && !unmanaged.contains(&m.eni_id)
                     && !freed.contains(&m.eni_id)
+                    && !detaching.contains(&m.eni_id)
             })
             .collect();
         if !new.is_empty() && creating == 0 {
@@ -1163,6 +1165,14 @@ pub async fn restore<C: Cloud, H: Host>(
     grace: Duration,
 ) -> Result<Vec<EniId>, StartError> {
     let cp = checkpoint::load(core.checkpoint_path())?;
+    if let Some(dir) = core.checkpoint_path().parent()
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        return Err(StartError::Other(format!(
+            "cannot create {}: {e}",
+            dir.display()
+        )));
+    }
     let state = match checkpoint::load_state(&core.state_path()) {
         Ok(s) => s,
         Err(e) => {
@@ -1252,6 +1262,10 @@ pub fn limits_for(
 
 /// Writes the max-pods value (with a newline) atomically.
 pub fn write_max_pods(path: &Path, value: u32) -> Result<(), CheckpointError> {
+    if let Some(dir) = path.parent() {
+        // Best effort; the write below reports the real problem.
+        let _ = std::fs::create_dir_all(dir);
+    }
     checkpoint::write_atomic(path, format!("{value}\n").as_bytes())
 }
 
@@ -1494,6 +1508,16 @@ fn other<E: std::fmt::Display>(ctx: &'static str) -> impl FnOnce(E) -> StartErro
 /// (in-flight requests finished, no EC2 mutation running).
 pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     let t0 = Instant::now();
+    if cfg.custom_network_cfg {
+        tracing::warn!(
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG: ENIConfig lookup needs the Kubernetes API, which \
+             this release does not use; the primary ENI carries no pods and new ENIs use the \
+             node's subnet and security groups"
+        );
+    }
+    if cfg.annotate_pod_ip {
+        tracing::warn!("ANNOTATE_POD_IP needs the Kubernetes API; not supported, ignored");
+    }
     let src = AwsImdsSource::new(&ImdsSettings::default()).map_err(other("IMDS client"))?;
     let imds = Imds::new(src.clone());
     let inst = imds
@@ -2304,6 +2328,89 @@ pub(crate) mod tests {
         let rules = c2.host().pod_rules.lock().unwrap().clone();
         assert!(rules.iter().any(|r| r.ip == held[0].addr));
         assert!(!rules.iter().any(|r| r.ip == held[1].addr));
+    }
+
+    #[tokio::test]
+    async fn idle_enis_are_detached_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = FakeCloud::with_primary(9);
+        for _ in 0..2 {
+            cloud.create_eni(AddressRequest::Ips(9)).await.unwrap();
+        }
+        let cfg = cfg(dir.path(), &[("IP_COOLDOWN_PERIOD", "0")]);
+        // ENIs that entered the datastore two minutes ago (past the 60 s minimum life).
+        let mut ds = Datastore::new(false, cfg.ip_cooldown);
+        let old = SystemTime::now() - Duration::from_secs(120);
+        for m in cloud.interfaces().await.unwrap() {
+            ds.add_eni(eni_info_from_imds(&m, false).unwrap(), old);
+            for c in imds_cidrs(&m) {
+                ds.add_cidr(&m.eni_id, c).unwrap();
+            }
+        }
+        let node = NodeInfo::default();
+        let c = Core::new(cfg, node, M5_LARGE, ds, cloud, FakeHost::default());
+        restore(&c, RESTORE_GRACE).await.unwrap();
+        // One pod (packed onto the primary): A = 26 ≥ 2 × 9 frees the highest ENI, then
+        // A = 17 < 18 keeps the other one.
+        let pod = {
+            let mut ds = lock(&c.ds);
+            let s = ds.stats(SystemTime::now());
+            assert_eq!(s.enis.len(), 3);
+            ds.assign(&key("busy"), meta("busy"), SystemTime::now())
+                .unwrap()
+        };
+        c.pool_pass().await;
+        let left: Vec<EniId> = c.with_ds(|ds| ds.enis().map(|e| e.id.clone()).collect());
+        assert_eq!(pod.eni, "eni-0");
+        assert_eq!(left, ["eni-0", "eni-1"]);
+        assert_eq!(c.cloud().count("free"), 1);
+        assert_eq!(
+            c.host()
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|x| x.starts_with("teardown"))
+                .count(),
+            1
+        );
+        // Pod gone: A = 18 frees the second one too; nothing stays marked as detaching.
+        c.del(&key("busy")).unwrap();
+        c.pool_pass().await;
+        assert_eq!(c.with_ds(|ds| ds.enis().count()), 1);
+        assert_eq!(c.cloud().count("free"), 2);
+        assert_eq!(c.cloud().enis.lock().unwrap().len(), 1);
+        let st = checkpoint::load_state(&c.state_path()).unwrap().unwrap();
+        assert!(st.detaching_enis.is_empty());
+    }
+
+    #[test]
+    fn max_pods_from_own_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let it = awscni_limits::lookup("m5.large").unwrap();
+        for (vars, unmanaged, want) in [
+            (vec![], 0, 29),
+            (vec![("MAX_ENI", "2")], 0, 20),
+            (vec![], 1, 20),
+            (vec![("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")], 0, 20),
+            (
+                vec![
+                    ("ENABLE_PREFIX_DELEGATION", "true"),
+                    ("WARM_PREFIX_TARGET", "1"),
+                ],
+                0,
+                3 * 9 * 16 + 2,
+            ),
+        ] {
+            let c = cfg(dir.path(), &vars);
+            let (limits, mp) = limits_for(it, &c, unmanaged);
+            assert_eq!(mp.max_pods, want, "{vars:?} unmanaged={unmanaged}");
+            assert_eq!(limits.max_pods, want);
+            assert_eq!((limits.ipv4_per_eni, limits.max_enis), (10, 3));
+        }
+        let p = dir.path().join("sub").join("max-pods");
+        write_max_pods(&p, 29).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "29\n");
     }
 
     #[tokio::test]

@@ -180,9 +180,11 @@ impl EniSettings {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(1),
             },
+            // Detach is asynchronous (EC2 answers "currently in use" until it completes, usually
+            // within a second or two): poll soon, then back off. 12 tries ≈ 35 s budget.
             delete_retry: Backoff {
                 attempts: 12,
-                initial: Duration::from_millis(500),
+                initial: Duration::from_millis(200),
                 max: Duration::from_secs(5),
             },
             leaked_grace: Duration::from_secs(300),

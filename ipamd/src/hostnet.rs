@@ -1255,6 +1255,10 @@ mod tests {
             "iptables-save -t mangle",
             Ok("*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"),
         );
+        r.reply(
+            "nft list table ip aws-cni",
+            Err("Error: No such file or directory"),
+        );
         let rep = reconcile_iptables(&r, &st()).unwrap();
         let calls = r.calls();
         assert_eq!(calls[0], "iptables-save -t nat");
@@ -1284,7 +1288,11 @@ mod tests {
             !calls.iter().any(|c| c.contains(" -D ")),
             "nothing to delete on a fresh node"
         );
-        assert_eq!(rep.changes.len(), calls.len() - 2);
+        assert_eq!(
+            rep.changes.len(),
+            calls.len() - 3,
+            "all but the 2 saves and the nft probe"
+        );
     }
 
     #[test]
@@ -1324,6 +1332,7 @@ mod tests {
         let r = RecordingRunner::default();
         r.reply("iptables-save -t nat", Ok(&nat));
         r.reply("iptables-save -t mangle", Ok(&mangle));
+        r.reply("nft list", Err("Error: No such file or directory"));
         let rep = reconcile_iptables(&r, &x).unwrap();
         assert_eq!(rep.changes, Vec::<String>::new(), "converged: no change");
 
@@ -1337,6 +1346,7 @@ mod tests {
         let r = RecordingRunner::default();
         r.reply("iptables-save -t nat", Ok(&nat2));
         r.reply("iptables-save -t mangle", Ok(&mangle2));
+        r.reply("nft list", Err("Error: No such file or directory"));
         let rep = reconcile_iptables(&r, &x).unwrap();
         assert_eq!(
             rep.changes,

@@ -51,7 +51,18 @@ impl Host for RecordingHost {
 
 type TestCore = Core<RealCloud<AssumeLinkPresent>, RecordingHost>;
 
+struct Started {
+    core: Arc<TestCore>,
+    ec2: SdkEc2,
+    instance_id: String,
+    subnet_id: String,
+}
+
 async fn start(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> Arc<TestCore> {
+    start_full(sim, dir, vars).await.core
+}
+
+async fn start_full(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> Started {
     let subnet = sim
         .add_subnet("10.0.0.0/24".parse().unwrap(), None, &[])
         .unwrap();
@@ -109,7 +120,7 @@ async fn start(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> 
     };
     st.visible_wait = fast;
     st.delete_retry = fast;
-    let mgr = EniManager::new(ec2, Imds::new(src.clone()), AssumeLinkPresent, st);
+    let mgr = EniManager::new(ec2.clone(), Imds::new(src.clone()), AssumeLinkPresent, st);
 
     let mut m: HashMap<String, String> = vars
         .iter()
@@ -142,7 +153,12 @@ async fn start(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> 
         RecordingHost::default(),
     ));
     restore(&core, RESTORE_GRACE).await.unwrap();
-    core
+    Started {
+        core,
+        ec2,
+        instance_id: meta.instance_id,
+        subnet_id: subnet,
+    }
 }
 
 fn key(i: usize) -> IpamKey {
@@ -263,4 +279,52 @@ async fn warm_ip_target_releases_excess_to_ec2() {
         .secondary_ips
         .len();
     assert_eq!(on_ec2, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_deletes_own_available_enis_only() {
+    use ipamd::ec2::{AddressRequest, CreateEniRequest, Ec2Api, Tags};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::new(SimConfig::default());
+    let st = start_full(&sim, dir.path(), &[]).await;
+    let mk = |desc: String, owner: &str| {
+        let mut tags = Tags::new();
+        tags.insert(ipamd::eni::TAG_INSTANCE_ID.into(), owner.into());
+        CreateEniRequest {
+            subnet_id: st.subnet_id.clone(),
+            description: desc,
+            security_groups: vec![],
+            addresses: AddressRequest::None,
+            tags,
+        }
+    };
+    // A leftover of a previous run (created, never attached) and two ENIs that are not ours.
+    let ours = st
+        .ec2
+        .create_network_interface(&mk(format!("aws-K8S-{}", st.instance_id), &st.instance_id))
+        .await
+        .unwrap();
+    let other_node = st
+        .ec2
+        .create_network_interface(&mk("aws-K8S-i-other".into(), "i-other"))
+        .await
+        .unwrap();
+    let user = st
+        .ec2
+        .create_network_interface(&mk("user ENI".into(), &st.instance_id))
+        .await
+        .unwrap();
+    let deleted = st.core.cloud().delete_own_available().await.unwrap();
+    assert_eq!(deleted, vec![ours.eni_id.clone()]);
+    let left: Vec<String> = st
+        .core
+        .cloud()
+        .describe(&[ours.eni_id, other_node.eni_id.clone(), user.eni_id.clone()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.eni_id)
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&other_node.eni_id) && left.contains(&user.eni_id));
 }

@@ -293,14 +293,28 @@ pub fn assert_wired(node: &Node, pod: &Pod, ip: &str, table: Option<u32>) {
     );
 }
 
-/// Nothing of the attachment is left on the node.
-pub fn assert_clean(node: &Node, ip: &str, veth: &str) {
+/// No host route or rule of the attachment is left on the node.
+pub fn assert_host_clean(node: &Node, ip: &str) {
     let rules = node.rules();
     assert!(!rules.contains(&format!("{ip} ")), "rules left: {rules}");
     let r = node.routes();
     assert!(!r.contains(&format!("{ip} ")), "route left: {r}");
-    assert!(
-        !node.link_names().iter().any(|l| l == veth),
-        "veth {veth} left"
-    );
+}
+
+/// The host veth is gone. Namespace destruction removes veth pairs asynchronously (the
+/// kernel's netns cleanup work), so this waits for it, up to 10 s.
+pub fn assert_veth_gone(node: &Node, veth: &str) {
+    for _ in 0..200 {
+        if !node.link_names().iter().any(|l| l == veth) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("veth {veth} still on the node");
+}
+
+/// Nothing of the attachment is left on the node (routes, rules, veth).
+pub fn assert_clean(node: &Node, ip: &str, veth: &str) {
+    assert_host_clean(node, ip);
+    assert_veth_gone(node, veth);
 }

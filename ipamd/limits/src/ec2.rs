@@ -182,3 +182,79 @@ pub async fn describe(
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aws_sdk_ec2::types::{
+        InstanceType as SdkType, InstanceTypeHypervisor, NetworkCardInfo, NetworkInfo, VCpuInfo,
+    };
+
+    fn card(i: i32, n: i32) -> NetworkCardInfo {
+        NetworkCardInfo::builder()
+            .network_card_index(i)
+            .maximum_network_interfaces(n)
+            .build()
+    }
+
+    fn info(net: Option<NetworkInfo>) -> InstanceTypeInfo {
+        InstanceTypeInfo::builder()
+            .instance_type(SdkType::from("x9.test"))
+            .v_cpu_info(VCpuInfo::builder().default_v_cpus(64).build())
+            .set_network_info(net)
+            .build()
+    }
+
+    fn net(max: i32, ipv4: i32, cards: Vec<NetworkCardInfo>) -> NetworkInfo {
+        NetworkInfo::builder()
+            .maximum_network_interfaces(max)
+            .ipv4_addresses_per_interface(ipv4)
+            .default_network_card_index(0)
+            .set_network_cards(Some(cards))
+            .build()
+    }
+
+    #[test]
+    fn converts_and_keeps_the_default_card() {
+        let i = info(Some(net(12, 50, vec![card(1, 8), card(0, 4)])));
+        let t = instance_type_from_sdk(&i).unwrap();
+        assert_eq!(t.name, "x9.test");
+        assert_eq!(t.hypervisor, None, "no hypervisor field: bare metal style");
+        assert_eq!(t.network_cards[0].index, 0, "sorted by index");
+        assert_eq!(t.default_card_enis(), 4);
+        assert_eq!(t.max_enis, 12);
+        assert_eq!(
+            crate::compute(&t, &crate::Options::default()).max_pods,
+            4 * 49 + 2
+        );
+
+        let mut with_hv = i.clone();
+        with_hv.hypervisor = Some(InstanceTypeHypervisor::Nitro);
+        assert!(instance_type_from_sdk(&with_hv).unwrap().is_nitro());
+    }
+
+    #[test]
+    fn missing_and_invalid_fields_are_named() {
+        let e = instance_type_from_sdk(&info(None)).unwrap_err();
+        assert!(e.to_string().contains("NetworkInfo"), "{e}");
+        let e = instance_type_from_sdk(&info(Some(net(-1, 10, vec![card(0, 3)])))).unwrap_err();
+        assert!(
+            e.to_string().contains("MaximumNetworkInterfaces") && e.to_string().contains("-1"),
+            "{e}"
+        );
+        let e = instance_type_from_sdk(&info(Some(net(3, 10, vec![card(0, -3)])))).unwrap_err();
+        assert!(e.to_string().contains("NetworkCards[]"), "{e}");
+        let no_ipv4 = NetworkInfo::builder().maximum_network_interfaces(3).build();
+        let e = instance_type_from_sdk(&info(Some(no_ipv4))).unwrap_err();
+        assert!(e.to_string().contains("Ipv4AddressesPerInterface"), "{e}");
+        let nameless = InstanceTypeInfo::builder().build();
+        assert!(matches!(
+            instance_type_from_sdk(&nameless),
+            Err(Ec2Error::Missing {
+                field: "InstanceType",
+                ..
+            })
+        ));
+    }
+}

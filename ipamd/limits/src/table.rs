@@ -365,8 +365,23 @@ pub fn lookup(name: &str) -> Option<&'static InstanceType> {
 }
 
 /// Header of the compiled-in table: source kind, name, version (moto version), hash.
+///
+/// Reads only the header line unless the table is already parsed (ipamd logs this at start).
 pub fn source() -> &'static SourceInfo {
-    table().source()
+    static HEADER: OnceLock<Option<SourceInfo>> = OnceLock::new();
+    if let Some(t) = TABLE.get() {
+        return t.source();
+    }
+    let header = HEADER.get_or_init(|| {
+        const KEY: &str = "\n\"source\":";
+        let rest = &DATA[DATA.find(KEY)? + KEY.len()..];
+        let line = rest.split('\n').next()?;
+        serde_json::from_str(line.strip_suffix(',').unwrap_or(line)).ok()
+    });
+    match header {
+        Some(h) => h,
+        None => table().source(),
+    }
 }
 
 /// Up to `limit` known type names closest to `name`, best first (for "unknown instance type"
@@ -410,6 +425,7 @@ mod tests {
         }
         assert_eq!(index_lookup("m5.lrage"), Some(None));
         assert_eq!(index_lookup(""), Some(None));
+        assert_eq!(source(), full.source());
     }
 
     #[test]

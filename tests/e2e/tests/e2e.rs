@@ -138,9 +138,9 @@ fn no_detached_enis(c: &Cluster) {
         let d = c.vpc.ec2()?.detached_enis()?;
         Ok(if d.is_empty() { Some(()) } else { None })
     });
-    if r.is_err() {
-        let d = c.vpc.ec2().unwrap().detached_enis().unwrap();
-        panic!("leaked ENIs: {d:#?}\n{}", c.diagnostics());
+    if let Err(e) = r {
+        let all = c.vpc.ec2().unwrap().enis().unwrap();
+        panic!("{e:#}\nall ENIs now: {all:#?}\n{}", c.diagnostics());
     }
 }
 
@@ -311,7 +311,7 @@ fn external_snat_keeps_pod_source() {
 fn prefix_delegation_warm_prefix_target() {
     let _s = serial();
     let c = Cluster::up(
-        'f',
+        'q',
         1,
         "m5.large",
         &[],

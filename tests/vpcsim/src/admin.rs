@@ -9,6 +9,7 @@
 //! | `DELETE /faults/{action}`, `DELETE /faults` | removes one / all |
 //! | `GET /timing`, `PUT /timing` | `{"attach_delay_ms", "detach_delay_ms", "imds_lag_ms", "describe_lag_ms"?}` |
 //! | `POST /reset` | clears faults and counters |
+//! | `GET /state` | the live model: subnets (with `available`), instances and every ENI |
 //! | `GET /healthz` | `ok` |
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::faults::FaultSpec;
+use crate::model::mac_string;
 use crate::server::{Sim, lock};
 
 /// Timing knobs (milliseconds), as `GET`/`PUT /timing` exchange them.
@@ -52,6 +54,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         )
         .route("/timing", get(timing).put(set_timing))
         .route("/reset", post(reset))
+        .route("/state", get(state))
         .with_state(sim)
 }
 
@@ -136,4 +139,70 @@ async fn reset(State(sim): State<Arc<Sim>>) -> StatusCode {
     lock(&sim.faults).clear_all();
     lock(&sim.counters).clear();
     StatusCode::NO_CONTENT
+}
+
+/// A JSON dump of the live (not lagged) model, for humans and scripts.
+async fn state(State(sim): State<Arc<Sim>>) -> Response {
+    let m = lock(&sim.model);
+    let subnets: Vec<serde_json::Value> = m
+        .subnets
+        .values()
+        .map(|s| {
+            serde_json::json!({
+                "subnet_id": s.id,
+                "cidr": s.cidr.to_string(),
+                "availability_zone": s.az,
+                "available_ip_address_count": s.available(),
+                "tags": s.tags,
+            })
+        })
+        .collect();
+    let enis: Vec<serde_json::Value> = m
+        .enis
+        .values()
+        .map(|e| {
+            serde_json::json!({
+                "eni_id": e.id,
+                "subnet_id": e.subnet_id,
+                "status": e.status(),
+                "mac": mac_string(&e.mac),
+                "description": e.description,
+                "primary_ip": e.primary_ip.to_string(),
+                "secondary_ips": e.secondaries.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "prefixes": e.prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "security_groups": e.groups,
+                "tags": e.tags,
+                "attachment": e.attachment.as_ref().map(|a| serde_json::json!({
+                    "attachment_id": a.id,
+                    "instance_id": a.instance_id,
+                    "device_index": a.device_index,
+                    "network_card": a.card,
+                    "status": a.state.as_str(),
+                    "delete_on_termination": a.delete_on_termination,
+                })),
+            })
+        })
+        .collect();
+    let instances: Vec<serde_json::Value> = m
+        .instances
+        .values()
+        .map(|i| {
+            serde_json::json!({
+                "instance_id": i.id,
+                "instance_type": i.limits.name,
+                "subnet_id": i.subnet_id,
+                "availability_zone": i.az,
+                "primary_eni_id": i.primary_eni,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "vpc_id": m.vpc_id,
+        "vpc_cidr": m.config().vpc_cidr.to_string(),
+        "generation": m.generation(),
+        "subnets": subnets,
+        "instances": instances,
+        "network_interfaces": enis,
+    }))
+    .into_response()
 }

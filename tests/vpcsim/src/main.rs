@@ -34,6 +34,20 @@ enum Cmd {
     Status(Where),
     /// Stop an instance and remove every namespace and process it created (also after a crash).
     Down(Where),
+    /// Run a command inside a node (its network and mount namespaces), e.g.
+    /// `vpcsim exec node1 -- ip addr`.
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Clone)]
+struct ExecArgs {
+    #[command(flatten)]
+    at: Where,
+    /// The node: its name (`node1`), namespace (`vsim-node1`) or instance id.
+    node: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 /// Which instance: its prefix and state directory.
@@ -204,6 +218,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             let st = run::status(&w.state_dir, &w.prefix).map_err(|e| e.to_string())?;
             print_json(&st, true)
         }
+        Cmd::Exec(a) => exec_in_node(&a),
         Cmd::Down(w) => {
             let report = run::down(&w.state_dir, &w.prefix, Duration::from_secs(15))
                 .map_err(|e| e.to_string())?;
@@ -215,4 +230,34 @@ fn real_main(cli: Cli) -> Result<(), String> {
             print_json(&report, true)
         }
     }
+}
+
+/// Replaces this process with `nsenter` into the node's holder (network + mount namespaces).
+fn exec_in_node(a: &ExecArgs) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let path = vpcsim::fabric::state::state_path(&a.at.state_dir, &a.at.prefix);
+    let st = vpcsim::fabric::state::read(&path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no vpcsim with prefix {} ({} missing)",
+                a.at.prefix,
+                path.display()
+            )
+        })?;
+    let desc = st
+        .description
+        .ok_or_else(|| format!("vpcsim with prefix {} is not ready", a.at.prefix))?;
+    let node = desc
+        .nodes
+        .iter()
+        .find(|n| n.name == a.node || n.namespace == a.node || n.instance_id == a.node)
+        .ok_or_else(|| {
+            let names: Vec<&str> = desc.nodes.iter().map(|n| n.name.as_str()).collect();
+            format!("no node {:?}; nodes are {names:?}", a.node)
+        })?;
+    let mut argv = node.enter.clone();
+    argv.extend(a.command.iter().cloned());
+    let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+    Err(format!("cannot run {argv:?}: {err}"))
 }

@@ -44,6 +44,15 @@ async fn counters_count_calls_and_errors_per_action() {
     assert_eq!(c["DeleteNetworkInterface"]["calls"], 1);
     assert_eq!(c["DeleteNetworkInterface"]["errors"], 1);
     assert!(c.get("AssignPrivateIpAddresses").is_none());
+    // The state dump agrees with DescribeSubnets.
+    let (st, body) = admin(&env, "GET", "/state", "").await;
+    assert_eq!(st, 200);
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["subnets"][0]["available_ip_address_count"], 250);
+    assert_eq!(
+        state["network_interfaces"][0]["attachment"]["instance_id"],
+        env.node.instance_id.as_str()
+    );
     let (st, _) = admin(&env, "DELETE", "/counters", "").await;
     assert_eq!(st, 204);
     assert_eq!(counters(&env).await, serde_json::json!({}));

@@ -607,8 +607,31 @@ fn up_refuses_a_prefix_that_is_running_and_status_reports_it() {
         status["description"]["nodes"][0]["instance_id"],
         serde_json::json!(up.desc.nodes[0].instance_id)
     );
-    // The first instance still works after the refused second start.
-    assert!(ns::exists(&up.desc.nodes[0].namespace));
+    // The first instance still works after the refused second start; `vpcsim exec` runs a
+    // command on its node and passes the exit status through.
+    let exec = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["exec", "--prefix", &up.prefix, "--state-dir"])
+            .arg(up.state_dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = exec(&["node1", "--", "cat", "/sys/class/net/eth0/address"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        up.desc.nodes[0].mac
+    );
+    assert_eq!(
+        exec(&["node1", "--", "sh", "-c", "exit 3"]).status.code(),
+        Some(3)
+    );
+    assert!(!exec(&["node9", "--", "true"]).status.success());
 }
 
 #[test]

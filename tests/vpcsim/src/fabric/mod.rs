@@ -183,7 +183,7 @@ pub struct FabricStatus {
     pub applied_generation: u64,
     /// Reconcile passes run.
     pub passes: u64,
-    /// Links created / deleted so far.
+    /// Links created so far.
     pub links_created: u64,
     /// Links deleted so far.
     pub links_deleted: u64,

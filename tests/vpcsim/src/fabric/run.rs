@@ -101,6 +101,16 @@ pub async fn serve(
             "at least one subnet is required".into(),
         ));
     }
+    // The fabric uses these ranges itself (next hop, IMDS/EC2 addresses, the "internet").
+    for reserved in ["169.254.0.0/16", "203.0.113.0/24"] {
+        let r: Ipv4Net = reserved.parse().unwrap_or_default();
+        if r.contains(&opts.vpc_cidr.network()) || opts.vpc_cidr.contains(&r.network()) {
+            return Err(FabricError::Invalid(format!(
+                "VPC CIDR {} overlaps {reserved}, which the fabric uses itself",
+                opts.vpc_cidr
+            )));
+        }
+    }
     for s in &opts.subnets {
         if !opts.vpc_cidr.contains(s) {
             return Err(FabricError::Invalid(format!(
