@@ -1,0 +1,825 @@
+//! Prometheus metrics on `:61678/metrics` (operations.md §1).
+//!
+//! Names, kinds and labels are upstream's, so dashboards and alerts written for aws-node keep
+//! working; ours (EC2 rate limiter, ADD waits, pool decisions, EC2 calls by result) sit beside
+//! them under the same `awscni_` prefix. The exposition is Prometheus text format 0.0.4, as
+//! upstream's Go client writes it: counters keep their names (no `_total` suffix is added).
+//!
+//! Nothing here is updated on the hot path except a handful of atomics in
+//! [`crate::daemon::Counters`]: every family is computed from a [`Snapshot`] of the datastore
+//! and those counters *at scrape time*, so the gauges always match the datastore exactly and a
+//! metric cannot drift from the state it describes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::ec2::Ec2Stats;
+use crate::introspect::{Observe, Snapshot};
+use crate::limiter::TokenBucket;
+use crate::pool::{Decision, Grow};
+
+/// Default metrics listen address (upstream: all interfaces, port 61678).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:61678";
+
+// ---------------------------------------------------------------------------------------------
+// Event counters fed by the daemon (kept in `daemon::Counters`)
+
+/// Upper bounds (seconds) of [`WaitHistogram`] buckets: an ADD normally waits one EC2 round
+/// trip (~0.1–2 s); the plugin gives up after `AWS_VPC_CNI_ADD_WAIT_MS` (5 s by default).
+pub const WAIT_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
+
+/// A lock-free histogram of durations with the fixed [`WAIT_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct WaitHistogram {
+    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
+    buckets: [AtomicU64; WAIT_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A copy of a [`WaitHistogram`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramValues {
+    /// Cumulative counts per bucket of [`WAIT_BUCKETS`] (`+Inf` is `count`).
+    pub cumulative: Vec<u64>,
+    /// Observations.
+    pub count: u64,
+    /// Sum of the observations, seconds.
+    pub sum_seconds: f64,
+}
+
+impl WaitHistogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = WAIT_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(WAIT_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current values.
+    pub fn values(&self) -> HistogramValues {
+        let mut acc = 0;
+        let cumulative = WAIT_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                acc += self.buckets[i].load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        HistogramValues {
+            cumulative,
+            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Counters only: a panic elsewhere cannot leave them inconsistent in a way that matters.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A counter by one free-form label value (DEL reasons).
+#[derive(Debug, Default)]
+pub struct LabelCounter {
+    inner: Mutex<BTreeMap<String, u64>>,
+}
+
+impl LabelCounter {
+    /// Adds one for `label`. The number of distinct labels is capped so that a misbehaving
+    /// client cannot grow the metric without bound.
+    pub fn inc(&self, label: &str) {
+        let mut m = lock(&self.inner);
+        if let Some(v) = m.get_mut(label) {
+            *v += 1;
+        } else if m.len() < 64 {
+            m.insert(label.to_owned(), 1);
+        } else {
+            *m.entry("other".to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Current values by label.
+    pub fn values(&self) -> BTreeMap<String, u64> {
+        lock(&self.inner).clone()
+    }
+}
+
+/// The last pool decision, for `/v1/pool` and `ipamd status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastDecision {
+    /// When it was taken.
+    pub at: SystemTime,
+    /// `grow`, `grow_deferred`, `release` or `delete_eni`.
+    pub action: &'static str,
+    /// Why (see [`PoolDecisions::record`]).
+    pub reason: &'static str,
+    /// What exactly.
+    pub detail: String,
+}
+
+/// Pool-manager decisions by action and reason (ours: `awscni_pool_decisions`).
+#[derive(Debug, Default)]
+pub struct PoolDecisions {
+    counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    last: Mutex<Option<LastDecision>>,
+}
+
+fn describe_grow(g: &Grow) -> String {
+    match g {
+        Grow::Existing { eni, count, kind } => format!("+{count} {kind:?} on {eni}"),
+        Grow::NewEni { count, kind } => format!("new ENI with {count} {kind:?}"),
+    }
+}
+
+impl PoolDecisions {
+    /// Records what one planning round decided. Rounds that change nothing are not counted
+    /// (the manager plans every 5 s; counting no-ops would drown the signal).
+    pub fn record(&self, d: &Decision, pending: usize, backoff: bool) {
+        let (action, reason, detail) = if !d.grow.is_empty() {
+            let what: Vec<String> = d.grow.iter().map(describe_grow).collect();
+            let reason = if pending > 0 {
+                "pending_adds"
+            } else {
+                "below_target"
+            };
+            if backoff {
+                ("grow_deferred", "insufficient_capacity_backoff", what.join(", "))
+            } else {
+                ("grow", reason, what.join(", "))
+            }
+        } else if !d.release.is_empty() {
+            let what: Vec<String> = d.release.iter().map(|r| r.cidr.to_string()).collect();
+            ("release", "above_target", what.join(", "))
+        } else if !d.delete_enis.is_empty() {
+            ("delete_eni", "unused", d.delete_enis.join(", "))
+        } else {
+            return;
+        };
+        *lock(&self.counts).entry((action, reason)).or_default() += 1;
+        *lock(&self.last) = Some(LastDecision {
+            at: SystemTime::now(),
+            action,
+            reason,
+            detail,
+        });
+    }
+
+    /// Counts by (action, reason).
+    pub fn counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        lock(&self.counts).clone()
+    }
+
+    /// The most recent decision.
+    pub fn last(&self) -> Option<LastDecision> {
+        lock(&self.last).clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The metric table: one source of truth for names, kinds, labels and help (docs are tested
+// against it).
+
+/// Kind of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Gauge.
+    Gauge,
+    /// Counter.
+    Counter,
+    /// Summary (count and sum only).
+    Summary,
+    /// Histogram.
+    Histogram,
+}
+
+/// One metric family we export.
+#[derive(Debug, Clone, Copy)]
+pub struct FamilySpec {
+    /// Exported name.
+    pub name: &'static str,
+    /// Kind.
+    pub kind: Kind,
+    /// Label names.
+    pub labels: &'static [&'static str],
+    /// `# HELP` text.
+    pub help: &'static str,
+    /// Upstream's name (true) or ours.
+    pub upstream: bool,
+}
+
+const fn up(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> FamilySpec {
+    FamilySpec {
+        name,
+        kind,
+        labels,
+        help,
+        upstream: true,
+    }
+}
+
+const fn ours(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> FamilySpec {
+    FamilySpec {
+        name,
+        kind,
+        labels,
+        help,
+        upstream: false,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram, Summary};
+
+/// Every `awscni_*` family, in exposition order.
+pub const FAMILIES: &[FamilySpec] = &[
+    up("awscni_eni_max", Gauge, &[], "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs"),
+    up("awscni_ip_max", Gauge, &[], "The maximum number of IP addresses that can be allocated to the instance"),
+    up("awscni_eni_allocated", Gauge, &[], "The number of ENIs allocated"),
+    up("awscni_total_ip_addresses", Gauge, &[], "The total number of IP addresses"),
+    up("awscni_assigned_ip_addresses", Gauge, &[], "The number of IP addresses assigned to pods"),
+    up("awscni_total_ipv4_prefixes", Gauge, &[], "The total number of IPv4 prefixes"),
+    up("awscni_assigned_ip_per_cidr", Gauge, &["cidr"], "The total number of IP addresses assigned per cidr"),
+    up("awscni_assigned_ip_per_eni", Gauge, &["eni"], "The number of IP addresses assigned per ENI"),
+    up("awscni_build_info", Gauge, &["version", "goversion"], "VPC CNI build information (goversion carries the Rust toolchain)"),
+    up("awscni_add_ip_req_count", Counter, &[], "The number of add IP address requests"),
+    up("awscni_del_ip_req_count", Counter, &["reason"], "The number of delete IP address requests"),
+    up("awscni_no_available_ip_addresses", Counter, &[], "The number of pod IP assignments that found no available IP address"),
+    up("awscni_force_removed_ips", Counter, &[], "The number of IPs force removed while they had assigned pods"),
+    up("awscni_force_removed_enis", Counter, &[], "The number of ENIs force removed while they had assigned pods"),
+    up("awscni_ipamd_error_count", Counter, &["fn"], "The number of errors encountered in ipamd"),
+    up("awscni_reconcile_count", Counter, &["fn"], "The number of times ipamd reconciles on ENIs and IP/prefix addresses"),
+    up("awscni_ec2api_req_count", Counter, &["fn"], "The number of requests made to EC2 APIs by CNI"),
+    up("awscni_ec2api_error_count", Counter, &["fn"], "The number of failed EC2 APIs requests"),
+    up("awscni_aws_api_error_count", Counter, &["api", "error"], "The number of times AWS API returns an error"),
+    up("awscni_aws_api_latency_ms", Summary, &["api"], "AWS API call latency in ms (EC2 attempts; limiter wait excluded)"),
+    ours("awscni_max_pods", Gauge, &[], "Max pods this node supports, as computed by ipamd"),
+    ours("awscni_free_ip_addresses", Gauge, &[], "Addresses that can be assigned now (cooling ones excluded)"),
+    ours("awscni_cooling_ip_addresses", Gauge, &[], "Released addresses still in their cooldown"),
+    ours("awscni_pending_add_requests", Gauge, &[], "ADD requests waiting for the pool manager right now"),
+    ours("awscni_ready", Gauge, &[], "1 once node initialisation is done and ipamd serves"),
+    ours("awscni_add_ip_no_address_count", Counter, &[], "ADD requests answered without an address after waiting"),
+    ours("awscni_add_ip_wait_seconds", Histogram, &[], "How long ADD requests that found the pool empty waited for an address"),
+    ours("awscni_pool_decisions", Counter, &["action", "reason"], "Pool manager decisions by action and reason"),
+    ours("awscni_pool_passes", Counter, &[], "Pool manager passes run"),
+    ours("awscni_prefix_fallbacks", Counter, &[], "Prefix requests that fell back to secondary IPs"),
+    ours("awscni_ec2api_call_count", Counter, &["fn", "result"], "EC2 attempts by operation and result (success or the AWS error code)"),
+    ours("awscni_ec2api_throttle_count", Counter, &["fn"], "EC2 attempts that were throttled"),
+    ours("awscni_ec2api_retry_count", Counter, &["fn"], "EC2 attempts that retried an earlier failure"),
+    ours("awscni_ec2api_latency_max_ms", Gauge, &["fn"], "Slowest EC2 attempt so far, ms"),
+    ours("awscni_ec2_limiter_wait_seconds", Counter, &[], "Total time EC2 calls waited for the client-side token bucket"),
+    ours("awscni_ec2_limiter_wait_max_seconds", Gauge, &[], "Longest single wait for the token bucket"),
+    ours("awscni_ec2_limiter_tokens", Counter, &[], "Tokens handed out by the EC2 token bucket"),
+    ours("awscni_ec2_limiter_qps", Gauge, &[], "Configured sustained EC2 rate (AWS_VPC_CNI_EC2_QPS)"),
+    ours("awscni_ec2_limiter_burst", Gauge, &[], "Configured EC2 burst (AWS_VPC_CNI_EC2_BURST)"),
+];
+
+/// Process collector families (names as every Prometheus client exports them).
+pub const PROCESS_FAMILIES: &[FamilySpec] = &[
+    ours("process_cpu_seconds_total", Counter, &[], "Total user and system CPU time spent in seconds."),
+    ours("process_resident_memory_bytes", Gauge, &[], "Resident memory size in bytes."),
+    ours("process_virtual_memory_bytes", Gauge, &[], "Virtual memory size in bytes."),
+    ours("process_open_fds", Gauge, &[], "Number of open file descriptors."),
+    ours("process_max_fds", Gauge, &[], "Maximum number of open file descriptors."),
+    ours("process_start_time_seconds", Gauge, &[], "Start time of the process since unix epoch in seconds."),
+    ours("process_threads", Gauge, &[], "Number of OS threads in the process."),
+];
+
+fn spec(name: &str) -> Option<&'static FamilySpec> {
+    FAMILIES
+        .iter()
+        .chain(PROCESS_FAMILIES)
+        .find(|f| f.name == name)
+}
+
+/// Collects samples by family name and turns them into protobuf-model families.
+#[derive(Default)]
+struct Builder {
+    fams: BTreeMap<&'static str, Vec<proto::Metric>>,
+}
+
+fn labels(spec: &FamilySpec, values: &[&str]) -> Vec<proto::LabelPair> {
+    spec.labels
+        .iter()
+        .zip(values)
+        .map(|(n, v)| {
+            let mut p = proto::LabelPair::default();
+            p.set_name((*n).to_owned());
+            p.set_value((*v).to_owned());
+            p
+        })
+        .collect()
+}
+
+impl Builder {
+    fn push(&mut self, name: &str, values: &[&str], fill: impl FnOnce(&mut proto::Metric)) {
+        let Some(s) = spec(name) else {
+            debug_assert!(false, "metric {name} is not in the table");
+            return;
+        };
+        debug_assert_eq!(s.labels.len(), values.len(), "labels of {name}");
+        let mut m = proto::Metric::from_label(labels(s, values));
+        fill(&mut m);
+        self.fams.entry(s.name).or_default().push(m);
+    }
+
+    fn value(&mut self, name: &str, values: &[&str], v: f64) {
+        let kind = spec(name).map(|s| s.kind);
+        self.push(name, values, |m| {
+            if kind == Some(Kind::Counter) {
+                let mut c = proto::Counter::default();
+                c.set_value(v);
+                m.set_counter(c);
+            } else {
+                let mut g = proto::Gauge::default();
+                g.set_value(v);
+                m.set_gauge(g);
+            }
+        });
+    }
+
+    fn summary(&mut self, name: &str, values: &[&str], count: u64, sum: f64) {
+        self.push(name, values, |m| {
+            let mut s = proto::Summary::default();
+            s.set_sample_count(count);
+            s.set_sample_sum(sum);
+            m.set_summary(s);
+        });
+    }
+
+    fn histogram(&mut self, name: &str, h: &HistogramValues) {
+        self.push(name, &[], |m| {
+            let mut p = proto::Histogram::default();
+            p.set_sample_count(h.count);
+            p.set_sample_sum(h.sum_seconds);
+            p.set_bucket(
+                WAIT_BUCKETS
+                    .iter()
+                    .zip(&h.cumulative)
+                    .map(|(ub, c)| {
+                        let mut b = proto::Bucket::default();
+                        b.set_upper_bound(*ub);
+                        b.set_cumulative_count(*c);
+                        b
+                    })
+                    .collect(),
+            );
+            m.set_histogram(p);
+        });
+    }
+
+    fn families(self, table: &[FamilySpec]) -> Vec<MetricFamily> {
+        let mut fams = self.fams;
+        table
+            .iter()
+            .filter_map(|s| {
+                let metrics = fams.remove(s.name)?;
+                let mut f = MetricFamily::default();
+                f.set_name(s.name.to_owned());
+                f.set_help(s.help.to_owned());
+                f.set_field_type(match s.kind {
+                    Kind::Gauge => MetricType::GAUGE,
+                    Kind::Counter => MetricType::COUNTER,
+                    Kind::Summary => MetricType::SUMMARY,
+                    Kind::Histogram => MetricType::HISTOGRAM,
+                });
+                f.set_metric(metrics);
+                Some(f)
+            })
+            .collect()
+    }
+}
+
+fn descs(table: &[FamilySpec]) -> Vec<Desc> {
+    table
+        .iter()
+        .filter_map(|s| {
+            Desc::new(
+                s.name.to_owned(),
+                s.help.to_owned(),
+                s.labels.iter().map(|l| (*l).to_owned()).collect(),
+                Default::default(),
+            )
+            .ok()
+        })
+        .collect()
+}
+
+/// Optional sources outside the [`Core`](crate::daemon::Core): the EC2 client's counters and
+/// its token bucket (absent in IMDS-only mode and in tests without EC2).
+#[derive(Clone, Default)]
+pub struct Extras {
+    /// Per-action EC2 counters.
+    pub ec2: Option<Arc<Ec2Stats>>,
+    /// The EC2 token bucket.
+    pub limiter: Option<Arc<TokenBucket>>,
+}
+
+/// Version label of `awscni_build_info`'s `goversion`: the Rust toolchain we require.
+fn toolchain() -> String {
+    match option_env!("CARGO_PKG_RUST_VERSION") {
+        Some(v) if !v.is_empty() => format!("rust{v}"),
+        _ => "rust".to_owned(),
+    }
+}
+
+/// Builds every `awscni_*` family from a snapshot and the optional EC2 sources. Pure: the
+/// unit tests call it directly.
+pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<MetricFamily> {
+    let mut b = Builder::default();
+    let st = &snap.stats;
+    let u = |n: usize| n as f64;
+
+    b.value("awscni_eni_max", &[], f64::from(snap.max_enis));
+    b.value("awscni_ip_max", &[], f64::from(snap.max_ips()));
+    b.value("awscni_eni_allocated", &[], u(st.enis.len()));
+    b.value("awscni_total_ip_addresses", &[], u(st.total()));
+    b.value("awscni_assigned_ip_addresses", &[], u(st.assigned()));
+    b.value("awscni_total_ipv4_prefixes", &[], u(st.prefixes()));
+    for e in &st.enis {
+        for c in &e.cidrs {
+            let cidr = c.net.to_string();
+            b.value("awscni_assigned_ip_per_cidr", &[&cidr], u(c.assigned));
+        }
+        b.value("awscni_assigned_ip_per_eni", &[&e.id], u(e.assigned()));
+    }
+    b.value("awscni_build_info", &[version, &toolchain()], 1.0);
+
+    let c = &snap.counters;
+    b.value("awscni_add_ip_req_count", &[], c.add_requests as f64);
+    for (reason, n) in &c.del_requests {
+        b.value("awscni_del_ip_req_count", &[reason], *n as f64);
+    }
+    b.value("awscni_no_available_ip_addresses", &[], c.add_waits as f64);
+    b.value("awscni_force_removed_ips", &[], c.force_removed_ips as f64);
+    b.value("awscni_force_removed_enis", &[], c.force_removed_enis as f64);
+    b.value(
+        "awscni_ipamd_error_count",
+        &["poolManager"],
+        c.pool_errors as f64,
+    );
+    b.value(
+        "awscni_reconcile_count",
+        &["nodeIPPoolReconcile"],
+        c.reconcile_passes as f64,
+    );
+
+    if let Some(ec2) = &extras.ec2 {
+        for (action, s) in ec2.snapshot() {
+            let errors: u64 = s.errors.values().sum();
+            b.value("awscni_ec2api_req_count", &[action], s.attempts as f64);
+            b.value("awscni_ec2api_error_count", &[action], errors as f64);
+            for (code, n) in &s.errors {
+                b.value("awscni_aws_api_error_count", &[action, code], *n as f64);
+                b.value("awscni_ec2api_call_count", &[action, code], *n as f64);
+            }
+            b.value("awscni_ec2api_call_count", &[action, "success"], s.ok as f64);
+            b.summary(
+                "awscni_aws_api_latency_ms",
+                &[action],
+                s.attempts,
+                s.latency_total.as_secs_f64() * 1e3,
+            );
+            b.value("awscni_ec2api_throttle_count", &[action], s.throttled as f64);
+            b.value("awscni_ec2api_retry_count", &[action], s.retries as f64);
+            b.value(
+                "awscni_ec2api_latency_max_ms",
+                &[action],
+                s.latency_max.as_secs_f64() * 1e3,
+            );
+        }
+    }
+
+    b.value("awscni_max_pods", &[], f64::from(snap.limits.max_pods));
+    b.value("awscni_free_ip_addresses", &[], u(st.free()));
+    b.value("awscni_cooling_ip_addresses", &[], u(st.cooling()));
+    b.value("awscni_pending_add_requests", &[], u(snap.pending));
+    b.value("awscni_ready", &[], if snap.ready { 1.0 } else { 0.0 });
+    b.value("awscni_add_ip_no_address_count", &[], c.add_no_address as f64);
+    b.histogram("awscni_add_ip_wait_seconds", &c.add_wait);
+    for ((action, reason), n) in &c.pool_decisions {
+        b.value("awscni_pool_decisions", &[action, reason], *n as f64);
+    }
+    b.value("awscni_pool_passes", &[], c.pool_passes as f64);
+    b.value("awscni_prefix_fallbacks", &[], c.prefix_fallbacks as f64);
+
+    if let Some(l) = &extras.limiter {
+        let s = l.stats();
+        let set = l.settings();
+        b.value(
+            "awscni_ec2_limiter_wait_seconds",
+            &[],
+            s.waited_total.as_secs_f64(),
+        );
+        b.value(
+            "awscni_ec2_limiter_wait_max_seconds",
+            &[],
+            s.waited_max.as_secs_f64(),
+        );
+        b.value("awscni_ec2_limiter_tokens", &[], s.acquired as f64);
+        b.value("awscni_ec2_limiter_qps", &[], set.qps);
+        b.value("awscni_ec2_limiter_burst", &[], f64::from(set.burst));
+    }
+    b.families(FAMILIES)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process collector (from /proc/self, like the Go client's)
+
+/// Process facts read from `/proc`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessStats {
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, bytes.
+    pub rss_bytes: u64,
+    /// Virtual size, bytes.
+    pub vsize_bytes: u64,
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// Soft limit on open files.
+    pub max_fds: Option<u64>,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time: f64,
+    /// Threads.
+    pub threads: u64,
+}
+
+/// `USER_HZ`: the unit of the tick counts in `/proc/<pid>/stat`. The kernel exports these in
+/// USER_HZ, which is 100 on every architecture we ship (x86_64, arm64), whatever CONFIG_HZ is.
+const USER_HZ: f64 = 100.0;
+
+/// Parses `/proc/self/stat`, `/proc/self/status`, `/proc/self/limits` and `/proc/stat`
+/// contents; `fds` is the number of entries in `/proc/self/fd`. Malformed input gives `None`.
+pub fn parse_process(
+    stat: &str,
+    status: &str,
+    limits: &str,
+    proc_stat: &str,
+    fds: u64,
+) -> Option<ProcessStats> {
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); field n is f[n - 3].
+    let field = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
+    let utime = field(14)?;
+    let stime = field(15)?;
+    let threads = field(20)?;
+    let start_ticks = field(22)?;
+    let vsize = field(23)?;
+    let btime: u64 = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let max_fds = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok());
+    Some(ProcessStats {
+        cpu_seconds: (utime + stime) as f64 / USER_HZ,
+        rss_bytes: rss_kb * 1024,
+        vsize_bytes: vsize,
+        open_fds: fds,
+        max_fds,
+        start_time: btime as f64 + start_ticks as f64 / USER_HZ,
+        threads,
+    })
+}
+
+/// Reads this process's facts; `None` where `/proc` is not available.
+pub fn read_process() -> Option<ProcessStats> {
+    let rd = |p: &str| std::fs::read_to_string(p).ok();
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    parse_process(
+        &rd("/proc/self/stat")?,
+        &rd("/proc/self/status").unwrap_or_default(),
+        &rd("/proc/self/limits").unwrap_or_default(),
+        &rd("/proc/stat")?,
+        fds,
+    )
+}
+
+/// The process families.
+pub fn process_families(p: &ProcessStats) -> Vec<MetricFamily> {
+    let mut b = Builder::default();
+    b.value("process_cpu_seconds_total", &[], p.cpu_seconds);
+    b.value("process_resident_memory_bytes", &[], p.rss_bytes as f64);
+    b.value("process_virtual_memory_bytes", &[], p.vsize_bytes as f64);
+    b.value("process_open_fds", &[], p.open_fds as f64);
+    if let Some(m) = p.max_fds {
+        b.value("process_max_fds", &[], m as f64);
+    }
+    b.value("process_start_time_seconds", &[], p.start_time);
+    b.value("process_threads", &[], p.threads as f64);
+    b.families(PROCESS_FAMILIES)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry
+
+struct AwscniCollector {
+    descs: Vec<Desc>,
+    src: Arc<dyn Observe>,
+    extras: Extras,
+    version: String,
+}
+
+impl Collector for AwscniCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        awscni_families(&self.src.snapshot(), &self.extras, &self.version)
+    }
+}
+
+struct ProcessCollector {
+    descs: Vec<Desc>,
+}
+
+impl Collector for ProcessCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        read_process()
+            .map(|p| process_families(&p))
+            .unwrap_or_default()
+    }
+}
+
+/// The metrics registry of one daemon.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// A registry with the `awscni_*` collector over `src` and the process collector.
+    pub fn new(
+        src: Arc<dyn Observe>,
+        extras: Extras,
+        version: &str,
+    ) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        registry.register(Box::new(AwscniCollector {
+            descs: descs(FAMILIES),
+            src,
+            extras,
+            version: version.to_owned(),
+        }))?;
+        registry.register(Box::new(ProcessCollector {
+            descs: descs(PROCESS_FAMILIES),
+        }))?;
+        Ok(Self { registry })
+    }
+
+    /// The Prometheus text exposition of everything, computed now.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Content type of the text exposition (what upstream's Go client sends).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Binds the metrics endpoint and serves it in a background task. `GET /metrics` only.
+pub async fn start(
+    addr: &str,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<crate::introspect::Server> {
+    let handler: crate::introspect::Handler = Arc::new(move |path: &str| match path {
+        "/metrics" => crate::introspect::Reply {
+            status: 200,
+            content_type: CONTENT_TYPE,
+            body: metrics.render(),
+        },
+        _ => crate::introspect::Reply::not_found(path),
+    });
+    crate::introspect::Server::start(addr, handler).await
+}
+
+/// One parsed sample of the text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Series name (with `_sum`/`_count`/`_bucket` suffixes as written).
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Value.
+    pub value: f64,
+}
+
+/// Parses Prometheus text format 0.0.4 samples and `# TYPE` lines (`name → type`). Used by the
+/// tests and by `ipamd status` checks; tolerant of comments and blank lines.
+pub fn parse_text(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>), String> {
+    let mut samples = Vec::new();
+    let mut types = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let mut it = t.split_whitespace();
+            if let (Some(n), Some(k)) = (it.next(), it.next()) {
+                types.insert(n.to_owned(), k.to_owned());
+            }
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| bad("no value"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| bad("bad value"))?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), BTreeMap::new()),
+            Some((n, rest)) => {
+                let body = rest.strip_suffix('}').ok_or_else(|| bad("unclosed labels"))?;
+                (n.to_owned(), parse_labels(body).ok_or_else(|| bad("bad labels"))?)
+            }
+        };
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    Ok((samples, types))
+}
+
+fn parse_labels(body: &str) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        while chars.peek() == Some(&',') || chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(out);
+        }
+        let mut name = String::new();
+        for c in chars.by_ref() {
+            if c == '=' {
+                break;
+            }
+            name.push(c);
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.insert(name.trim().to_owned(), value);
+    }
+}
