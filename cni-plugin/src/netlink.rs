@@ -30,7 +30,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -538,6 +538,68 @@ impl Netlink {
         }
     }
 
+    /// A dump whose replies are handed to `f` as raw message payloads (after the 16-byte
+    /// netlink header), without decoding them into packet types. Used where a dump is large
+    /// and only one attribute matters.
+    fn dump_raw(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        op: &str,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(), NlError> {
+        const NLMSG_ERROR: u16 = 2;
+        const NLMSG_DONE: u16 = 3;
+        let seq = self.send(msg, NLM_F_DUMP, op)?;
+        loop {
+            let (buf, _) = self.sock.recv_from_full().map_err(|source| NlError::Io {
+                op: op.to_string(),
+                source,
+            })?;
+            let mut off = 0usize;
+            while off + 16 <= buf.len() {
+                let word = |i: usize| {
+                    [
+                        buf[off + i],
+                        buf[off + i + 1],
+                        buf[off + i + 2],
+                        buf[off + i + 3],
+                    ]
+                };
+                let len = u32::from_ne_bytes(word(0)) as usize;
+                let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let mseq = u32::from_ne_bytes(word(8));
+                if len < 16 || off + len > buf.len() {
+                    return Err(NlError::Protocol {
+                        op: op.to_string(),
+                        detail: format!("bad message length {len}"),
+                    });
+                }
+                let payload = &buf[off + 16..off + len];
+                off += (len + 3) & !3;
+                if mseq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let code = payload
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .unwrap_or(0);
+                        if code == 0 {
+                            return Ok(());
+                        }
+                        return Err(NlError::Kernel {
+                            op: op.to_string(),
+                            errno: -code,
+                        });
+                    }
+                    _ => f(payload),
+                }
+            }
+        }
+    }
+
     fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &str) -> Result<(), NlError> {
         self.exchange(msg, flags | NLM_F_ACK, op).map(|_| ())
     }
@@ -574,6 +636,40 @@ impl Netlink {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Hardware addresses of every link in this namespace. Much cheaper than [`Self::links`]
+    /// on a node with hundreds of veths: statistics are not requested and only `IFLA_ADDRESS`
+    /// is read from each reply (a full decode grows ADD latency linearly with the pod count).
+    pub fn link_macs(&mut self) -> Result<Vec<MacAddr>, NlError> {
+        const IFINFOMSG_LEN: usize = 16;
+        const IFLA_ADDRESS: u16 = 1;
+        let mut q = LinkMessage::default();
+        q.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let mut out = Vec::new();
+        self.dump_raw(
+            RouteNetlinkMessage::GetLink(q),
+            "list link addresses",
+            |p| {
+                let mut a = IFINFOMSG_LEN;
+                while a + 4 <= p.len() {
+                    let alen = u16::from_ne_bytes([p[a], p[a + 1]]) as usize;
+                    let atype = u16::from_ne_bytes([p[a + 2], p[a + 3]]) & 0x3fff;
+                    if alen < 4 || a + alen > p.len() {
+                        break;
+                    }
+                    if atype == IFLA_ADDRESS {
+                        if let Some(m) = MacAddr::from_slice(&p[a + 4..a + alen]) {
+                            out.push(m);
+                        }
+                        break;
+                    }
+                    a += (alen + 3) & !3;
+                }
+            },
+        )?;
+        Ok(out)
     }
 
     /// The link named `name`, if it exists.

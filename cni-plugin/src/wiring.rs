@@ -106,11 +106,8 @@ pub struct Wired {
 
 fn rand_mac_avoiding(host: &mut Netlink) -> Result<MacAddr, PluginError> {
     let taken: Vec<MacAddr> = host
-        .links()
-        .map_err(PluginError::nl("list host links"))?
-        .into_iter()
-        .filter_map(|l| l.mac)
-        .collect();
+        .link_macs()
+        .map_err(PluginError::nl("list host link addresses"))?;
     // Upstream re-draws on a collision with any host link MAC and gives up after 10 tries.
     for _ in 0..10 {
         let m = MacAddr::random_local()

@@ -48,6 +48,17 @@ fn veth_peer_is_born_in_the_other_namespace() {
     assert_eq!(by_name.mac, Some(mac));
     assert_eq!(by_name.kind.as_deref(), Some("veth"));
     let by_mac = host_nl.link_by_mac(mac).unwrap().unwrap();
+    let macs = host_nl.link_macs().unwrap();
+    assert!(macs.contains(&mac), "{macs:?}");
+    assert_eq!(
+        macs.len(),
+        host_nl
+            .links()
+            .unwrap()
+            .iter()
+            .filter(|l| l.mac.is_some())
+            .count()
+    );
     assert_eq!(by_mac.index, by_name.index);
     let by_idx = host_nl.link_by_index(by_name.index).unwrap().unwrap();
     assert_eq!(by_idx.name, "enitest0001");

@@ -1691,6 +1691,52 @@ mod tests {
     }
 
     #[test]
+    fn upstream_manifest_values_are_accepted() {
+        // The env block of upstream's aws-node DaemonSet (v1.23.1), as shipped.
+        let (c, w) = load(&[
+            ("ADDITIONAL_ENI_TAGS", "{}"),
+            ("ANNOTATE_POD_IP", "false"),
+            ("AWS_VPC_CNI_NODE_PORT_SUPPORT", "true"),
+            ("AWS_VPC_ENI_MTU", "9001"),
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "false"),
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "false"),
+            ("AWS_VPC_K8S_CNI_LOGLEVEL", "DEBUG"),
+            (
+                "AWS_VPC_K8S_CNI_LOG_FILE",
+                "/host/var/log/aws-routed-eni/ipamd.log",
+            ),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "prng"),
+            ("AWS_VPC_K8S_CNI_VETHPREFIX", "eni"),
+            (
+                "AWS_VPC_K8S_PLUGIN_LOG_FILE",
+                "/var/log/aws-routed-eni/plugin.log",
+            ),
+            ("AWS_VPC_K8S_PLUGIN_LOG_LEVEL", "DEBUG"),
+            ("CLUSTER_NAME", "prod"),
+            ("DISABLE_INTROSPECTION", "false"),
+            ("DISABLE_METRICS", "false"),
+            ("DISABLE_NETWORK_RESOURCE_PROVISIONING", "false"),
+            ("ENABLE_IPv4", "true"),
+            ("ENABLE_IPv6", "false"),
+            ("ENABLE_POD_ENI", "false"),
+            ("ENABLE_PREFIX_DELEGATION", "false"),
+            ("ENABLE_SUBNET_DISCOVERY", "true"),
+            ("NETWORK_POLICY_ENFORCING_MODE", "standard"),
+            ("VPC_CNI_VERSION", "v1.23.1"),
+            ("VPC_ID", "vpc-0123"),
+            ("WARM_ENI_TARGET", "1"),
+            ("WARM_PREFIX_TARGET", "1"),
+            ("MY_NODE_NAME", "ip-10-0-0-1.ec2.internal"),
+            ("MY_POD_NAME", "aws-node-abcde"),
+        ])
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.pool.warm_prefix, 1);
+        assert_eq!(c.network_policy_enforcing_mode, NetworkPolicyMode::Standard);
+        assert_eq!(c.cluster_name, "prod");
+    }
+
+    #[test]
     fn all_errors_are_reported_together() {
         let e = load(&[("WARM_IP_TARGET", "x"), ("AWS_VPC_ENI_MTU", "1")]).unwrap_err();
         assert_eq!(e.problems.len(), 2);
