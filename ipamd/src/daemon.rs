@@ -150,6 +150,20 @@ pub struct Counters {
     pub prefix_fallbacks: AtomicUsize,
     /// Pool passes run.
     pub pool_passes: AtomicUsize,
+    /// ADD requests received (upstream `awscni_add_ip_req_count`).
+    pub add_requests: AtomicUsize,
+    /// DEL requests by reason (upstream `awscni_del_ip_req_count{reason}`).
+    pub del_requests: crate::metrics::LabelCounter,
+    /// ENIs dropped by reconcile because they vanished (`awscni_force_removed_enis`).
+    pub force_removed_enis: AtomicUsize,
+    /// Reconcile passes (`awscni_reconcile_count`).
+    pub reconcile_passes: AtomicUsize,
+    /// Pool-manager errors (`awscni_ipamd_error_count`).
+    pub pool_errors: AtomicUsize,
+    /// How long ADDs that found the pool empty waited.
+    pub add_wait: crate::metrics::WaitHistogram,
+    /// Pool decisions by action and reason, and the last one.
+    pub pool_decisions: crate::metrics::PoolDecisions,
 }
 
 #[derive(Debug, Default)]
@@ -455,6 +469,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
             ctr: &self.pending,
             active: false,
         };
+        let mut wait_started: Option<Instant> = None;
         let result = loop {
             let notified = self.addrs_added.notified();
             tokio::pin!(notified);
@@ -467,6 +482,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
             if !waiting.active {
                 waiting.start();
                 self.counters.add_waits.fetch_add(1, Ordering::Relaxed);
+                wait_started.get_or_insert_with(Instant::now);
             }
             if self.is_stopping() || tokio::time::Instant::now() >= deadline {
                 self.counters.add_no_address.fetch_add(1, Ordering::Relaxed);
@@ -486,6 +502,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
             }
         };
         waiting.done();
+        if let Some(t) = wait_started {
+            self.counters.add_wait.observe(t.elapsed());
+        }
         if let Ok(AddOutcome::Assigned(a)) = &result {
             if !a.existing {
                 tracing::info!(key = %a.key, ip = %a.addr, eni = %a.eni, pod = %format!("{}/{}", a.meta.namespace, a.meta.name), "assigned");
@@ -548,6 +567,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
 
     fn note_error(&self, e: &str) {
         tracing::warn!(error = e, "pool manager");
+        self.counters.pool_errors.fetch_add(1, Ordering::Relaxed);
         lock(&self.state).last_error = Some(e.to_owned());
     }
 
@@ -755,7 +775,16 @@ impl<C: Cloud, H: Host> Core<C, H> {
                     tracing::warn!(error = %e, "cannot persist state");
                 }
             }
-            Err(e) => self.note_error(&format!("free ENI {id}: {e}")),
+            Err(e) => {
+                // Still attached (reconcile adopts it back after the settle window and the pool
+                // may try again) or left `available` (deleted at the next start or by the
+                // leaked-ENI sweep). Either way it is no longer "being detached".
+                self.note_error(&format!("free ENI {id}: {e}"));
+                lock(&self.detaching).retain(|d| d != id);
+                if let Err(e) = self.persist_all() {
+                    tracing::warn!(error = %e, "cannot persist state");
+                }
+            }
         }
         let host = self.host.clone();
         let (ip, table) = (info.primary_ip, info.route_table());
@@ -772,6 +801,28 @@ impl<C: Cloud, H: Host> Core<C, H> {
             if self.cfg.disable_network_resource_provisioning {
                 break;
             }
+            // Still attached, it was loaded from IMDS: take it out of the datastore first (it
+            // had no pods when the previous run started detaching it; if it has some now, keep
+            // it).
+            let removed = {
+                let mut ds = lock(&self.ds);
+                match ds.eni(&id).cloned() {
+                    Some(info) if info.is_primary => Err(()),
+                    Some(_) => ds
+                        .remove_eni(&id, false, SystemTime::now())
+                        .map(|_| ())
+                        .map_err(|_| ()),
+                    None => Ok(()),
+                }
+            };
+            if removed.is_err() {
+                tracing::warn!(eni = %id, "ENI marked as detaching is in use; keeping it");
+                lock(&self.detaching).retain(|d| *d != id);
+                continue;
+            }
+            lock(&self.state)
+                .freed_enis
+                .insert(id.clone(), Instant::now());
             match self.cloud.free_eni(&id).await {
                 Ok(()) => {
                     tracing::info!(eni = %id, "finished freeing ENI from a previous run");
@@ -819,6 +870,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 };
                 pool::decide(&input, gate_open)
             };
+            self.counters
+                .pool_decisions
+                .record(&decision, self.pending(), backoff);
             if !decision.grow.is_empty() {
                 if backoff {
                     tracing::debug!("pool low, but in insufficient-capacity back-off");
@@ -885,6 +939,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
     /// Reconciles the datastore with IMDS (EC2 confirms mismatches), then re-applies per-pod
     /// rules. Returns pods whose address vanished underneath them.
     pub async fn reconcile(&self) -> Vec<ForcedRelease> {
+        self.counters
+            .reconcile_passes
+            .fetch_add(1, Ordering::Relaxed);
         let mut forced = Vec::new();
         let imds = match self.cloud.interfaces().await {
             Ok(v) => v,
@@ -1026,6 +1083,9 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 continue;
             }
             tracing::warn!(eni = %id, "reconcile: ENI no longer attached; removing it");
+            self.counters
+                .force_removed_enis
+                .fetch_add(1, Ordering::Relaxed);
             let f = lock(&self.ds).remove_eni(id, true, SystemTime::now());
             if let Ok(f) = f {
                 forced.extend(f);
@@ -1230,8 +1290,11 @@ pub async fn restore<C: Cloud, H: Host>(
     } else {
         tracing::info!(path = %core.checkpoint_path().display(), "no checkpoint: fresh node");
     }
+    let detaching = state.map(|s| s.detaching_enis).unwrap_or_default();
+    // Keep the list in the rewritten sidecar until `finish_detaching` has dealt with it.
+    *lock(&core.detaching) = detaching.clone();
     core.persist_all()?;
-    Ok(state.map(|s| s.detaching_enis).unwrap_or_default())
+    Ok(detaching)
 }
 
 /// Pool limits and the node's max pods (max-pods.md §6: computed by the daemon from its own
@@ -1550,6 +1613,8 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
         cfg.pool.prefix_delegation = false;
     }
 
+    // EC2 counters and token bucket for the metrics endpoint (none in IMDS-only mode).
+    let mut obs_extras = crate::metrics::Extras::default();
     let mgr = if cfg.enable_imds_only_mode {
         None
     } else {
@@ -1564,6 +1629,8 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
         }
         es.http_timeout = cfg.http_timeout;
         let ec2 = SdkEc2::connect(&es, Arc::new(bucket)).await;
+        obs_extras.ec2 = Some(ec2.stats());
+        obs_extras.limiter = Some(ec2.limiter());
         let mut s = EniSettings::new(
             &inst.instance_id,
             primary.vpc_id.as_deref().unwrap_or_default(),
@@ -1674,6 +1741,15 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     let cloud = RealCloud::new(mgr, Imds::new(src), &inst.primary_mac);
     let core = Arc::new(Core::new(cfg, node, limits, ds, cloud, host));
     core.set_unmanaged(unmanaged);
+    // Metrics and introspection from here on, so an operator can watch the start-up; kept
+    // alive until `run` returns.
+    let _observability = crate::introspect::start_servers(
+        core.clone(),
+        obs_extras,
+        version,
+        crate::metrics::DEFAULT_METRICS_ADDR,
+    )
+    .await;
 
     // Host set-up: node first, then every secondary ENI (upstream retries each 5 × 10 s; an
     // ENI whose link is slow is retried by reconcile later).
@@ -2382,6 +2458,39 @@ pub(crate) mod tests {
         assert_eq!(c.cloud().enis.lock().unwrap().len(), 1);
         let st = checkpoint::load_state(&c.state_path()).unwrap().unwrap();
         assert!(st.detaching_enis.is_empty());
+    }
+
+    #[tokio::test]
+    async fn detach_interrupted_by_a_crash_is_finished_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = FakeCloud::with_primary(9);
+        cloud.create_eni(AddressRequest::Ips(9)).await.unwrap();
+        // The previous run recorded "detaching eni-1" and died.
+        let state = checkpoint::State {
+            detaching_enis: vec!["eni-1".into()],
+            ..Default::default()
+        };
+        checkpoint::save_state(&dir.path().join("ipam.json.awscni-state"), &state).unwrap();
+        let c = core(dir.path(), &[], cloud).await;
+        assert!(c.with_ds(|ds| ds.eni("eni-1").is_some()));
+        let detaching = checkpoint::load_state(&c.state_path())
+            .unwrap()
+            .unwrap()
+            .detaching_enis;
+        assert_eq!(detaching, ["eni-1"]);
+        c.finish_detaching(detaching).await;
+        assert!(c.with_ds(|ds| ds.eni("eni-1").is_none()));
+        assert_eq!(c.cloud().count("free eni-1"), 1);
+        assert!(
+            checkpoint::load_state(&c.state_path())
+                .unwrap()
+                .unwrap()
+                .detaching_enis
+                .is_empty()
+        );
+        // Reconcile does not adopt it back while IMDS may still list it.
+        assert!(c.reconcile().await.is_empty());
+        assert!(c.with_ds(|ds| ds.eni("eni-1").is_none()));
     }
 
     #[test]

@@ -17,3 +17,7 @@ pub mod eni;
 pub mod hostnet;
 pub mod imds;
 pub mod limiter;
+
+pub mod introspect;
+pub mod logging;
+pub mod metrics;

@@ -113,6 +113,10 @@ impl<C: Cloud, H: Host> CniBackend for Services<C, H> {
         request: Request<AddNetworkRequest>,
     ) -> Result<Response<AddNetworkReply>, Status> {
         let r = request.into_inner();
+        self.core
+            .counters
+            .add_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.check_version(&r.client_version)?;
         let fail = || Response::new(AddNetworkReply::default());
         if r.requires_multi_nic_attachment {
@@ -156,6 +160,7 @@ impl<C: Cloud, H: Host> CniBackend for Services<C, H> {
         request: Request<DelNetworkRequest>,
     ) -> Result<Response<DelNetworkReply>, Status> {
         let r = request.into_inner();
+        self.core.counters.del_requests.inc(&r.reason);
         self.check_version(&r.client_version)?;
         let key = IpamKey::new(&r.network_name, &r.container_id, &r.if_name);
         match self.core.del(&key) {

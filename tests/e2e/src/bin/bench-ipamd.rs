@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     awscni_e2e::require_root()?;
     let bins = Bins::locate()?;
     stale::sweep(Some(&bins.vpcsim));
-    let prefix = test_prefix('b')?;
+    let prefix = test_prefix('z')?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!("{prefix}-"))
         .tempdir()?;
