@@ -105,7 +105,7 @@ pub struct PodEntry {
 }
 
 /// Everything the metrics and introspection show, taken at one instant.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// When.
     pub now: Option<SystemTime>,
@@ -167,7 +167,19 @@ impl Snapshot {
             enis: ds.enis().map(|e| (e.id.clone(), e.clone())).collect(),
             pods,
             cooling,
-            ..Self::default()
+            limits: Limits {
+                ipv4_per_eni: 0,
+                max_enis: 0,
+                max_pods: 0,
+                unmanaged_enis: 0,
+                trunk_reserve: 0,
+            },
+            max_enis: 0,
+            ready: false,
+            pending: 0,
+            last_pool_error: None,
+            counters: CounterValues::default(),
+            node: NodeInfo::default(),
         }
     }
 

@@ -1,39 +1,15 @@
 //! `ipamd`: the node daemon. Configuration comes from upstream's environment variables (see
 //! docs/ipamd.md); there are no command-line flags besides `--version`.
 
-use std::fs::OpenOptions;
 use std::process::ExitCode;
-use std::sync::Mutex;
 
 use ipamd::config::Config;
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(cfg: &Config) {
-    // RUST_LOG overrides AWS_VPC_K8S_CNI_LOGLEVEL for debugging.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(cfg.log_level.tracing_filter()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match cfg.log_file.as_str() {
-        "stdout" => builder.with_writer(std::io::stdout).init(),
-        "stderr" => builder.with_writer(std::io::stderr).init(),
-        path => {
-            let file = std::path::Path::new(path)
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| OpenOptions::new().create(true).append(true).open(path));
-            match file {
-                // JSON lines like upstream's log file.
-                Ok(f) => builder.json().with_writer(Mutex::new(f)).init(),
-                Err(e) => {
-                    builder.with_writer(std::io::stderr).init();
-                    tracing::warn!(path, error = %e, "cannot open log file; logging to stderr");
-                }
-            }
-        }
-    }
-}
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("status") {
+        return ipamd::introspect::status_main(&args[2..]);
+    }
     if std::env::args().any(|a| a == "--version" || a == "-V") {
         println!("ipamd {}", awscni_proto::VERSION);
         return ExitCode::SUCCESS;
@@ -45,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&cfg);
+    ipamd::logging::init(&cfg);
     tracing::info!(version = awscni_proto::VERSION, "ipamd starting");
     for w in &warnings {
         tracing::warn!("{w}");

@@ -30,8 +30,8 @@ pub const ENI_MIN_AGE: Duration = Duration::from_secs(60);
 /// No increase attempts this long after an insufficient-capacity error (upstream).
 pub const INSUFFICIENT_CAPACITY_BACKOFF: Duration = Duration::from_secs(120);
 
-/// Instance and node limits the pool works within.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Instance and node limits the pool works within (`Default`: all zero, i.e. no capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Limits {
     /// `L`: IPv4 addresses per ENI of the instance type (primary IP included).
     pub ipv4_per_eni: u32,

@@ -69,7 +69,8 @@ impl Pod {
 
     /// The address, or an error naming the pod.
     pub fn ip(&self) -> anyhow::Result<Ipv4Addr> {
-        self.ip.with_context(|| format!("pod {} has no address", self.name))
+        self.ip
+            .with_context(|| format!("pod {} has no address", self.name))
     }
 }
 
@@ -107,7 +108,12 @@ impl Cni {
     }
 
     /// One invocation with `CNI_COMMAND=command` for `pod`.
-    pub fn invoke(&self, command: &str, pod: &Pod, prev: Option<&Value>) -> anyhow::Result<Outcome> {
+    pub fn invoke(
+        &self,
+        command: &str,
+        pod: &Pod,
+        prev: Option<&Value>,
+    ) -> anyhow::Result<Outcome> {
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
             pod.name, pod.container_id

@@ -119,7 +119,8 @@ impl Ec2 {
             });
         }
         v.sort_by(|a, b| {
-            (a.instance_id.as_deref(), a.device_index).cmp(&(b.instance_id.as_deref(), b.device_index))
+            (a.instance_id.as_deref(), a.device_index)
+                .cmp(&(b.instance_id.as_deref(), b.device_index))
         });
         Ok(v)
     }

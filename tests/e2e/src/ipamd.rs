@@ -39,7 +39,10 @@ impl Ipamd {
     pub fn env_for(vpc: &Vpc, dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let p = |f: &str| dir.join(f).display().to_string();
         let mut env: Vec<(String, String)> = vec![
-            ("AWS_ENDPOINT_URL_EC2".into(), vpc.desc.ec2_endpoint_in_node.clone()),
+            (
+                "AWS_ENDPOINT_URL_EC2".into(),
+                vpc.desc.ec2_endpoint_in_node.clone(),
+            ),
             ("AWS_ACCESS_KEY_ID".into(), "AKIDE2E".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "e2e-secret".into()),
             ("AWS_VPC_CNI_IPAMD_SOCKET".into(), p("ipamd.sock")),
@@ -116,7 +119,10 @@ impl Ipamd {
         cmd.args(["netns", "exec", &self.node_ns])
             .arg(&self.bin)
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
             .env(crate::OWNER_ENV, std::process::id().to_string())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

@@ -63,7 +63,8 @@ pub fn ip_json(ns: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     if out.trim().is_empty() {
         return Ok(serde_json::Value::Array(Vec::new()));
     }
-    serde_json::from_str(&out).with_context(|| format!("`ip {}` printed bad JSON: {out}", full.join(" ")))
+    serde_json::from_str(&out)
+        .with_context(|| format!("`ip {}` printed bad JSON: {out}", full.join(" ")))
 }
 
 /// `ip -4 rule` of a namespace as (priority, rendered selector + action) pairs, e.g.
@@ -122,7 +123,11 @@ pub fn addrs(ns: &str, dev: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
     let v = ip_json(ns, &["-4", "addr", "show", "dev", dev])?;
     let mut out = Vec::new();
     for l in v.as_array().map(Vec::as_slice).unwrap_or_default() {
-        for a in l["addr_info"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for a in l["addr_info"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             if let Some(ip) = a["local"].as_str().and_then(|s| s.parse().ok()) {
                 out.push(ip);
             }
@@ -147,7 +152,9 @@ pub fn links(ns: &str) -> anyhow::Result<Vec<String>> {
 pub fn ping(ns: &str, dst: &str) -> anyhow::Result<bool> {
     for _ in 0..3 {
         let ok = Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "1", dst])
+            .args([
+                "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "1", dst,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -162,7 +169,10 @@ pub fn ping(ns: &str, dst: &str) -> anyhow::Result<bool> {
 
 /// Fails unless `dst` answers a ping from `ns`.
 pub fn must_ping(ns: &str, dst: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(ping(ns, dst)?, "no ping reply from {dst} inside namespace {ns}");
+    anyhow::ensure!(
+        ping(ns, dst)?,
+        "no ping reply from {dst} inside namespace {ns}"
+    );
     Ok(())
 }
 
@@ -175,8 +185,8 @@ pub fn udp_source_seen(
     dst: Ipv4Addr,
     port: u16,
 ) -> anyhow::Result<Option<Ipv4Addr>> {
-    let to_file = File::open(netns_path(to_ns))
-        .with_context(|| format!("cannot open namespace {to_ns}"))?;
+    let to_file =
+        File::open(netns_path(to_ns)).with_context(|| format!("cannot open namespace {to_ns}"))?;
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let to_name = to_ns.to_owned();
     let receiver = std::thread::spawn(move || -> anyhow::Result<Option<Ipv4Addr>> {

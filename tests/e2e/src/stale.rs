@@ -104,7 +104,10 @@ mod tests {
 
     #[test]
     fn owner_parsing() {
-        assert_eq!(owner_of("e2eg1a2b-node1"), Some(("e2eg1a2b".into(), 0x1a2b)));
+        assert_eq!(
+            owner_of("e2eg1a2b-node1"),
+            Some(("e2eg1a2b".into(), 0x1a2b))
+        );
         assert_eq!(owner_of("e2eh3f"), Some(("e2eh3f".into(), 0x3f)));
         assert_eq!(owner_of("e2eh-x"), None);
         assert_eq!(owner_of("vsft1-node1"), None);

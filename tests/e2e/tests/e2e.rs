@@ -15,8 +15,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use awscni_e2e::net::{self, must_ping};
 use awscni_e2e::ec2::EniInfo;
+use awscni_e2e::net::{self, must_ping};
 use awscni_e2e::{Cluster, Pod, Vpc, bins, stale, test_prefix, wait_for};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -50,12 +50,16 @@ fn harness_vpcsim_probe() {
     let vpc = Vpc::up(&vpcsim, &prefix, tmp.path(), 1, "m5.large", &[]).unwrap();
     let node = vpc.node(0).unwrap().clone();
     let enis = vpc.ec2().unwrap().enis_of(&node.instance_id).unwrap();
-    assert_eq!(enis.len(), 1, "a fresh node has only its primary ENI: {enis:?}");
+    assert_eq!(
+        enis.len(),
+        1,
+        "a fresh node has only its primary ENI: {enis:?}"
+    );
     assert_eq!(enis[0].id, node.primary_eni_id);
     must_ping(&node.namespace, &vpc.desc.external.address).unwrap();
     let ext: Ipv4Addr = vpc.desc.external.address.parse().unwrap();
-    let seen = net::udp_source_seen(&node.namespace, &vpc.desc.external.namespace, ext, 40001)
-        .unwrap();
+    let seen =
+        net::udp_source_seen(&node.namespace, &vpc.desc.external.namespace, ext, 40001).unwrap();
     assert_eq!(seen, Some(node.primary_ip.parse().unwrap()));
 }
 
@@ -71,7 +75,10 @@ fn smoke_one_pod() {
     let node_ns = &c.vpc.node(0).unwrap().namespace;
     assert_eq!(net::addrs(&pod.ns.name, "eth0").unwrap(), vec![ip]);
     let routes = net::routes(&pod.ns.name, "main").unwrap();
-    assert!(routes.contains(&("default".into(), "eth0".into())), "{routes:?}");
+    assert!(
+        routes.contains(&("default".into(), "eth0".into())),
+        "{routes:?}"
+    );
     // The host has the /32 route to the pod, through the host veth.
     let host_routes = net::routes(node_ns, "main").unwrap();
     let veth = host_routes
@@ -92,7 +99,10 @@ fn smoke_one_pod() {
         .unwrap_or_else(|| panic!("no neighbour entry for the gateway: {neigh}"));
     assert_eq!(gw["lladdr"], veth_mac.as_str(), "{gw}");
     assert!(gw["state"].to_string().contains("PERMANENT"), "{gw}");
-    ok(&c, must_ping(&pod.ns.name, &c.vpc.node(0).unwrap().primary_ip));
+    ok(
+        &c,
+        must_ping(&pod.ns.name, &c.vpc.node(0).unwrap().primary_ip),
+    );
     ok(&c, c.del_pod(0, &pod));
     let host_routes = net::routes(node_ns, "main").unwrap();
     assert!(
@@ -162,8 +172,7 @@ fn pool_settles(c: &Cluster, node: usize, enis: usize, addrs: usize) {
 /// Allocations in an ipamd checkpoint: container id → IPv4.
 fn checkpoint(c: &Cluster, node: usize) -> BTreeMap<String, Ipv4Addr> {
     let path = c.ipamds[node].checkpoint();
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(v["version"], "vpc-cni-ipam/1", "{}", path.display());
     v["allocations"]
         .as_array()
@@ -202,8 +211,12 @@ fn two_nodes_25_pods_connectivity_snat_and_shrink() {
         for (i, p) in node_pods.iter().enumerate() {
             let ip = p.ip().unwrap();
             assert!(all.insert(ip), "address {ip} handed out twice");
-            let eni = owner(&enis, ip)
-                .unwrap_or_else(|| panic!("{ip} of {} is on no ENI of {}: {enis:#?}", p.name, node.name));
+            let eni = owner(&enis, ip).unwrap_or_else(|| {
+                panic!(
+                    "{ip} of {} is on no ENI of {}: {enis:#?}",
+                    p.name, node.name
+                )
+            });
             let rules = rules_for(&node.namespace, ip);
             assert!(
                 rules.contains(&(512, format!("from all to {ip} lookup main"))),
@@ -211,7 +224,10 @@ fn two_nodes_25_pods_connectivity_snat_and_shrink() {
             );
             if eni.id == node.primary_eni_id {
                 primary[n].get_or_insert(i);
-                assert!(!rules.iter().any(|(p, _)| *p == 1536), "primary-ENI pod {ip} has a from-rule: {rules:?}");
+                assert!(
+                    !rules.iter().any(|(p, _)| *p == 1536),
+                    "primary-ENI pod {ip} has a from-rule: {rules:?}"
+                );
             } else {
                 secondary[n].get_or_insert(i);
                 let table = eni.device_index.unwrap() + 1;
@@ -236,7 +252,10 @@ fn two_nodes_25_pods_connectivity_snat_and_shrink() {
         ok(&c, must_ping(&a.ns.name, &b.ip().unwrap().to_string()));
     }
     for (i, p) in pods[0].iter().enumerate() {
-        ok(&c, must_ping(&p.ns.name, &pods[1][i].ip().unwrap().to_string()));
+        ok(
+            &c,
+            must_ping(&p.ns.name, &pods[1][i].ip().unwrap().to_string()),
+        );
     }
     for (n, node_pods) in pods.iter().enumerate() {
         let node = c.vpc.node(n).unwrap();
@@ -248,10 +267,16 @@ fn two_nodes_25_pods_connectivity_snat_and_shrink() {
     // SNAT: the external host sees the node's primary IP, from either kind of ENI.
     let ext: Ipv4Addr = c.vpc.desc.external.address.parse().unwrap();
     for (n, p) in [(0, p0), (0, s0), (1, s1)] {
-        let seen = net::udp_source_seen(&p.ns.name, &c.vpc.desc.external.namespace, ext, 40100)
-            .unwrap();
+        let seen =
+            net::udp_source_seen(&p.ns.name, &c.vpc.desc.external.namespace, ext, 40100).unwrap();
         let want: Ipv4Addr = c.vpc.node(n).unwrap().primary_ip.parse().unwrap();
-        assert_eq!(seen, Some(want), "source seen outside for pod {} ({:?})", p.name, p.ip);
+        assert_eq!(
+            seen,
+            Some(want),
+            "source seen outside for pod {} ({:?})",
+            p.name,
+            p.ip
+        );
     }
 
     // Delete every pod: the checkpoint empties, the pool shrinks back to the warm target and
@@ -262,7 +287,11 @@ fn two_nodes_25_pods_connectivity_snat_and_shrink() {
         }
     }
     for n in 0..2 {
-        assert!(checkpoint(&c, n).is_empty(), "allocations left: {:?}", checkpoint(&c, n));
+        assert!(
+            checkpoint(&c, n).is_empty(),
+            "allocations left: {:?}",
+            checkpoint(&c, n)
+        );
         pool_settles(&c, n, 1, 9);
     }
     no_detached_enis(&c);
@@ -294,14 +323,22 @@ fn external_snat_keeps_pod_source() {
         .expect("no pod on a secondary ENI");
     let ext: Ipv4Addr = c.vpc.desc.external.address.parse().unwrap();
     for p in [on_primary, on_secondary] {
-        let seen = net::udp_source_seen(&p.ns.name, &c.vpc.desc.external.namespace, ext, 40200)
-            .unwrap();
-        assert_eq!(seen, Some(p.ip().unwrap()), "source seen outside for pod {}", p.name);
+        let seen =
+            net::udp_source_seen(&p.ns.name, &c.vpc.desc.external.namespace, ext, 40200).unwrap();
+        assert_eq!(
+            seen,
+            Some(p.ip().unwrap()),
+            "source seen outside for pod {}",
+            p.name
+        );
     }
     // No fwmark rule when external SNAT is on and node-port support... is on by default:
     // upstream keeps it when node-port support is on (datapath.md §6 step 2).
     let rules = net::rules(&node.namespace).unwrap();
-    assert!(rules.iter().any(|(p, _)| *p == 1024), "fwmark rule missing: {rules:?}");
+    assert!(
+        rules.iter().any(|(p, _)| *p == 1024),
+        "fwmark rule missing: {rules:?}"
+    );
 }
 
 /// Prefix delegation: pods get addresses from /28 prefixes (no /32 secondary IPs) and
@@ -330,7 +367,10 @@ fn prefix_delegation_warm_prefix_target() {
         let enis = c.vpc.ec2()?.enis_of(&node.instance_id)?;
         let prefixes: Vec<_> = enis.iter().flat_map(|e| e.prefixes.clone()).collect();
         let secondary: usize = enis.iter().map(|e| e.secondary_ips.len()).sum();
-        anyhow::ensure!(secondary == 0, "PD mode but /32 secondary IPs exist: {enis:#?}");
+        anyhow::ensure!(
+            secondary == 0,
+            "PD mode but /32 secondary IPs exist: {enis:#?}"
+        );
         for ip in &ips {
             anyhow::ensure!(
                 prefixes.iter().any(|p| p.contains(ip)),
@@ -380,9 +420,12 @@ fn kill9_during_add_storm() {
             })
             .collect();
         // Kill once some ADDs have completed and others are in flight.
-        let _ = wait_for("10 ADDs to finish", Duration::from_secs(120), Duration::from_millis(5), || {
-            Ok((done.load(std::sync::atomic::Ordering::SeqCst) >= 10).then_some(()))
-        });
+        let _ = wait_for(
+            "10 ADDs to finish",
+            Duration::from_secs(120),
+            Duration::from_millis(5),
+            || Ok((done.load(std::sync::atomic::Ordering::SeqCst) >= 10).then_some(())),
+        );
         c.ipamds[0].kill9().unwrap();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -396,10 +439,21 @@ fn kill9_during_add_storm() {
         .enumerate()
         .filter_map(|(i, r)| r.is_err().then_some(i))
         .collect();
-    eprintln!("storm: {} ADDs succeeded, {} failed around the kill", survivors.len(), failed.len());
-    assert!(survivors.len() >= 10, "fewer than 10 ADDs succeeded before the kill");
+    eprintln!(
+        "storm: {} ADDs succeeded, {} failed around the kill",
+        survivors.len(),
+        failed.len()
+    );
+    assert!(
+        survivors.len() >= 10,
+        "fewer than 10 ADDs succeeded before the kill"
+    );
     let distinct: BTreeSet<_> = survivors.values().collect();
-    assert_eq!(distinct.len(), survivors.len(), "duplicate addresses: {survivors:?}");
+    assert_eq!(
+        distinct.len(),
+        survivors.len(),
+        "duplicate addresses: {survivors:?}"
+    );
 
     // Restart: the checkpoint brings every survivor back with its address.
     let r = c.ipamds[0].spawn();
@@ -408,7 +462,11 @@ fn kill9_during_add_storm() {
     ok(&c, r);
     let restored = checkpoint(&c, 0);
     for (cid, ip) in &survivors {
-        assert_eq!(restored.get(cid), Some(ip), "pod {cid} lost its address {ip}: {restored:?}");
+        assert_eq!(
+            restored.get(cid),
+            Some(ip),
+            "pod {cid} lost its address {ip}: {restored:?}"
+        );
     }
     // The kubelet retries failed sandboxes: DEL (cleans whatever half-done state), then ADD.
     for &i in &failed {
@@ -424,15 +482,25 @@ fn kill9_during_add_storm() {
     }
     // Traffic still flows for a survivor and a retried pod.
     let node_ip = c.vpc.node(0).unwrap().primary_ip.clone();
-    let survivor = pods.iter().find(|p| survivors.contains_key(&p.container_id)).unwrap();
+    let survivor = pods
+        .iter()
+        .find(|p| survivors.contains_key(&p.container_id))
+        .unwrap();
     ok(&c, must_ping(&survivor.ns.name, &node_ip));
     if let Some(&i) = failed.first() {
-        ok(&c, must_ping(&pods[i].ns.name, &survivor.ip().unwrap().to_string()));
+        ok(
+            &c,
+            must_ping(&pods[i].ns.name, &survivor.ip().unwrap().to_string()),
+        );
     }
     for p in &pods {
         ok(&c, c.del_pod(0, p));
     }
-    assert!(checkpoint(&c, 0).is_empty(), "allocations left: {:?}", checkpoint(&c, 0));
+    assert!(
+        checkpoint(&c, 0).is_empty(),
+        "allocations left: {:?}",
+        checkpoint(&c, 0)
+    );
     // m5.xlarge, WARM_ENI_TARGET=1: the primary ENI with its 14 addresses.
     pool_settles(&c, 0, 1, 14);
     // A kill between CreateNetworkInterface and AttachNetworkInterface (or between detach and
@@ -441,7 +509,10 @@ fn kill9_during_add_storm() {
     // any such ENI must carry both, or it would leak for good.
     let id = c.vpc.node(0).unwrap().instance_id.clone();
     for e in c.vpc.ec2().unwrap().detached_enis().unwrap() {
-        eprintln!("storm: detached ENI left for the leaked-ENI sweep: {}", e.id);
+        eprintln!(
+            "storm: detached ENI left for the leaked-ENI sweep: {}",
+            e.id
+        );
         assert!(
             e.description.starts_with("aws-K8S-")
                 && e.tags.get("node.k8s.amazonaws.com/instance_id") == Some(&id),
@@ -461,19 +532,32 @@ fn del_without_ipamd_cleans_host() {
     let before_links = net::links(&node_ns).unwrap();
     let r = c.ipamds[0].stop(Duration::from_secs(30));
     let status = ok(&c, r);
-    assert!(status.is_some_and(|s| s.success()), "ipamd exit on SIGTERM: {status:?}");
-    assert!(!c.ipamds[0].socket().exists() || awscni_e2e::ipamd::health(&c.ipamds[0].socket()).is_err());
-    let had_from_rule = pods
-        .iter()
-        .any(|p| rules_for(&node_ns, p.ip().unwrap()).iter().any(|(pr, _)| *pr == 1536));
-    assert!(had_from_rule, "no pod on a secondary ENI (12 pods on m5.large)");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "ipamd exit on SIGTERM: {status:?}"
+    );
+    assert!(
+        !c.ipamds[0].socket().exists() || awscni_e2e::ipamd::health(&c.ipamds[0].socket()).is_err()
+    );
+    let had_from_rule = pods.iter().any(|p| {
+        rules_for(&node_ns, p.ip().unwrap())
+            .iter()
+            .any(|(pr, _)| *pr == 1536)
+    });
+    assert!(
+        had_from_rule,
+        "no pod on a secondary ENI (12 pods on m5.large)"
+    );
     for p in &pods {
         ok(&c, c.del_pod(0, p));
         let ip = p.ip().unwrap();
         let rules = rules_for(&node_ns, ip);
         assert!(rules.is_empty(), "rules of {ip} left after DEL: {rules:?}");
         let routes = net::routes(&node_ns, "main").unwrap();
-        assert!(!routes.iter().any(|(d, _)| d == &ip.to_string()), "route to {ip} left: {routes:?}");
+        assert!(
+            !routes.iter().any(|(d, _)| d == &ip.to_string()),
+            "route to {ip} left: {routes:?}"
+        );
     }
     let after_links = net::links(&node_ns).unwrap();
     let vethes: Vec<_> = after_links
@@ -501,15 +585,18 @@ fn throttled_growth_converges() {
     for i in 0..20 {
         let mut pod = Pod::new(&c.prefix, &format!("t{i}"), &format!("thr{i}")).unwrap();
         // The kubelet retries a failed sandbox: DEL then ADD again.
-        let r = wait_for(&format!("ADD of thr{i}"), CONVERGE, Duration::from_secs(1), || {
-            match c.cnis[0].add(&mut pod) {
+        let r = wait_for(
+            &format!("ADD of thr{i}"),
+            CONVERGE,
+            Duration::from_secs(1),
+            || match c.cnis[0].add(&mut pod) {
                 Ok(ip) => Ok(Some(ip)),
                 Err(e) => {
                     let _ = c.cnis[0].del(&pod);
                     Err(e)
                 }
-            }
-        });
+            },
+        );
         ok(&c, r);
         pods.push(pod);
     }
@@ -528,8 +615,14 @@ fn throttled_growth_converges() {
 #[test]
 fn deleted_pod_rules_come_back() {
     let _s = serial();
-    let c = Cluster::up('u', 1, "m5.large", &[], &[("AWS_VPC_CNI_RECONCILE_SECONDS", "2")])
-        .unwrap();
+    let c = Cluster::up(
+        'u',
+        1,
+        "m5.large",
+        &[],
+        &[("AWS_VPC_CNI_RECONCILE_SECONDS", "2")],
+    )
+    .unwrap();
     let pods = add_pods(&c, 0, 12);
     let node = c.vpc.node(0).unwrap().clone();
     let enis = c.vpc.ec2().unwrap().enis_of(&node.instance_id).unwrap();
@@ -540,13 +633,44 @@ fn deleted_pod_rules_come_back() {
     let ip = p.ip().unwrap();
     let before = rules_for(&node.namespace, ip);
     assert_eq!(before.len(), 2, "expected to- and from-rules: {before:?}");
-    net::run("ip", &["-n", &node.namespace, "rule", "del", "to", &ip.to_string(), "priority", "512"]).unwrap();
-    net::run("ip", &["-n", &node.namespace, "rule", "del", "from", &ip.to_string(), "priority", "1536"]).unwrap();
+    net::run(
+        "ip",
+        &[
+            "-n",
+            &node.namespace,
+            "rule",
+            "del",
+            "to",
+            &ip.to_string(),
+            "priority",
+            "512",
+        ],
+    )
+    .unwrap();
+    net::run(
+        "ip",
+        &[
+            "-n",
+            &node.namespace,
+            "rule",
+            "del",
+            "from",
+            &ip.to_string(),
+            "priority",
+            "1536",
+        ],
+    )
+    .unwrap();
     assert!(rules_for(&node.namespace, ip).is_empty());
-    let r = wait_for("the pod's rules to come back", Duration::from_secs(30), STEP, || {
-        let now = rules_for(&node.namespace, ip);
-        Ok((now == before).then_some(()))
-    });
+    let r = wait_for(
+        "the pod's rules to come back",
+        Duration::from_secs(30),
+        STEP,
+        || {
+            let now = rules_for(&node.namespace, ip);
+            Ok((now == before).then_some(()))
+        },
+    );
     ok(&c, r);
     let other = pods.iter().find(|q| q.ip != p.ip).unwrap();
     ok(&c, must_ping(&other.ns.name, &ip.to_string()));

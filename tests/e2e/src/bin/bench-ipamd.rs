@@ -45,6 +45,9 @@ struct Args {
     /// Steady-state observation window, in seconds.
     #[arg(long, default_value_t = 720)]
     steady_secs: u64,
+    /// ipamd binary to measure (e.g. a release build); default: the one beside the others.
+    #[arg(long)]
+    ipamd: Option<std::path::PathBuf>,
     /// ipamd reconcile period during the run (`AWS_VPC_CNI_RECONCILE_SECONDS`); 1 s makes the
     /// default window 720 reconcile passes, as many as an hour at the default 5 s.
     #[arg(long, default_value_t = 1)]
@@ -54,7 +57,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     awscni_e2e::require_root()?;
-    let bins = Bins::locate()?;
+    let mut bins = Bins::locate()?;
+    if let Some(p) = &args.ipamd {
+        anyhow::ensure!(p.is_file(), "--ipamd {}: no such file", p.display());
+        bins.ipamd = p.clone();
+    }
     stale::sweep(Some(&bins.vpcsim));
     let prefix = test_prefix('z')?;
     let tmp = tempfile::Builder::new()
@@ -90,7 +97,10 @@ fn main() -> anyhow::Result<()> {
             let f = ipamd.dir.join("max-pods");
             let s = std::fs::read_to_string(&f)
                 .with_context(|| format!("cannot read {} (pass --pods)", f.display()))?;
-            let m: usize = s.trim().parse().with_context(|| format!("bad max-pods {s:?}"))?;
+            let m: usize = s
+                .trim()
+                .parse()
+                .with_context(|| format!("bad max-pods {s:?}"))?;
             m.saturating_sub(2)
         }
     };
@@ -148,7 +158,9 @@ fn main() -> anyhow::Result<()> {
     let enis = vpc.ec2()?.enis_of(&node.instance_id)?;
     let new_enis = enis.len().saturating_sub(1);
     let upstream = (UPSTREAM_TICK + Duration::from_millis(args.attach_delay_ms)) * new_enis as u32;
-    let mut lat = add_lat.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut lat = add_lat
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
     lat.sort();
     let median_add = lat.get(lat.len() / 2).copied().unwrap_or_default();
 
@@ -190,26 +202,57 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    println!("## ipamd benchmark: {} (attach latency {} ms)\n", args.instance_type, args.attach_delay_ms);
+    println!(
+        "## ipamd benchmark: {} (attach latency {} ms, ipamd {})\n",
+        args.instance_type,
+        args.attach_delay_ms,
+        bins.ipamd.display()
+    );
     println!("| Measure | Value |\n|---|---|");
-    println!("| pods filled | {pods_n} (concurrency {}, {} ADD retries) |", args.concurrency, retries.load(Ordering::SeqCst));
-    println!("| ENIs at the end | {} ({} attached during the fill) |", enis.len(), new_enis);
+    println!(
+        "| pods filled | {pods_n} (concurrency {}, {} ADD retries) |",
+        args.concurrency,
+        retries.load(Ordering::SeqCst)
+    );
+    println!(
+        "| ENIs at the end | {} ({} attached during the fill) |",
+        enis.len(),
+        new_enis
+    );
     println!("| ipamd start → serving | {:.3} s |", serving.as_secs_f64());
-    println!("| fill wall time (first ADD → last ADD done) | {:.2} s |", fill.as_secs_f64());
-    println!("| ipamd start → node full | {:.2} s |", since_start.as_secs_f64());
-    println!("| median ADD latency | {:.0} ms |", median_add.as_secs_f64() * 1000.0);
+    println!(
+        "| fill wall time (first ADD → last ADD done) | {:.2} s |",
+        fill.as_secs_f64()
+    );
+    println!(
+        "| ipamd start → node full | {:.2} s |",
+        since_start.as_secs_f64()
+    );
+    println!(
+        "| median ADD latency | {:.0} ms |",
+        median_add.as_secs_f64() * 1000.0
+    );
     println!(
         "| upstream estimate: {new_enis} ENI(s) × (5 s tick + {:.1} s attach) | {:.1} s (ours {:.1}× faster) |",
         args.attach_delay_ms as f64 / 1000.0,
         upstream.as_secs_f64(),
-        if fill.as_secs_f64() > 0.0 { upstream.as_secs_f64() / fill.as_secs_f64() } else { 0.0 }
+        if fill.as_secs_f64() > 0.0 {
+            upstream.as_secs_f64() / fill.as_secs_f64()
+        } else {
+            0.0
+        }
     );
-    println!("| ipamd RSS at {pods_n} pods | {:.1} MiB ({rss} KiB) |", rss as f64 / 1024.0);
+    println!(
+        "| ipamd RSS at {pods_n} pods | {:.1} MiB ({rss} KiB) |",
+        rss as f64 / 1024.0
+    );
     println!(
         "| restart → serving, {restored} allocations in the checkpoint ({} runs) | min {:.1} ms, median {:.1} ms, max {:.1} ms |",
         restarts.len(),
         restarts.first().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        restarts.get(restarts.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        restarts
+            .get(restarts.len() / 2)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         restarts.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     );
     println!(
@@ -219,8 +262,14 @@ fn main() -> anyhow::Result<()> {
         steady_elapsed.as_secs() / args.reconcile_secs.max(1),
         steady.values().map(|c| c.calls).sum::<u64>()
     );
-    println!("\nEC2 calls during the fill (from ipamd start):\n\n| Action | Calls | Errors |\n|---|---|---|\n{}", fmt_counters(&fill_counters));
-    println!("\nEC2 calls during the steady state:\n\n| Action | Calls | Errors |\n|---|---|---|\n{}", fmt_counters(&steady));
+    println!(
+        "\nEC2 calls during the fill (from ipamd start):\n\n| Action | Calls | Errors |\n|---|---|---|\n{}",
+        fmt_counters(&fill_counters)
+    );
+    println!(
+        "\nEC2 calls during the steady state:\n\n| Action | Calls | Errors |\n|---|---|---|\n{}",
+        fmt_counters(&steady)
+    );
 
     // Tear down: pods first (they hold veths in the node), then ipamd, then the VPC.
     drop(pods);
