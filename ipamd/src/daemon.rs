@@ -40,6 +40,8 @@ pub const RECONCILE_SETTLE: Duration = Duration::from_secs(60);
 pub const RELEASED_COOLDOWN: Duration = Duration::from_secs(60);
 /// Period of the pool manager when nothing wakes it (upstream's tick).
 pub const POOL_TICK: Duration = Duration::from_secs(5);
+/// Batching window after a wake-up (ADD/DEL) before the pool manager plans.
+pub const COALESCE: Duration = Duration::from_millis(20);
 /// Leaked-ENI sweep period (upstream: 1 h plus 0–300 s jitter).
 pub const LEAKED_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 /// Rounds of re-planning inside one pool pass (each round re-reads the datastore).
@@ -174,6 +176,8 @@ struct PoolState {
     released: HashMap<Ipv4Net, Instant>,
     freed_enis: HashMap<EniId, Instant>,
     creating: usize,
+    inflight: std::collections::BTreeMap<u64, Grow>,
+    next_grow_id: u64,
     unmanaged: BTreeSet<EniId>,
     last_error: Option<String>,
 }
@@ -836,93 +840,120 @@ impl<C: Cloud, H: Host> Core<C, H> {
         }
     }
 
-    /// One pool pass: plan with `pool::decide` and execute, re-planning until nothing is left to
-    /// grow (bounded). Deficits first, releases only when not growing.
-    pub async fn pool_pass(&self) {
-        if self.cfg.disable_network_resource_provisioning {
-            return;
+    /// Plans once, counting growth already in flight as done, and starts every increase action
+    /// as its own task (so the next ENI is attached while earlier ones still wait for IMDS,
+    /// ipam.md §13 #5). Releases and ENI deletions run inline, only when nothing is low, in
+    /// flight or waiting. Returns the started tasks (each yields whether it succeeded).
+    async fn plan_and_start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<bool>> {
+        if self.cfg.disable_network_resource_provisioning || self.is_stopping() {
+            return Vec::new();
         }
         let _g = self.pool_lock.lock().await;
         self.counters.pool_passes.fetch_add(1, Ordering::Relaxed);
-        for _ in 0..POOL_ROUNDS {
-            if self.is_stopping() {
-                return;
+        let limits = self.input_limits();
+        let (gate_open, backoff, incoming) = {
+            let st = lock(&self.state);
+            let gate = st
+                .last_release
+                .is_none_or(|t| t.elapsed() >= pool::DECREASE_INTERVAL);
+            let backoff = st
+                .capacity_backoff_until
+                .is_some_and(|t| Instant::now() < t);
+            let incoming: Vec<Grow> = st.inflight.values().cloned().collect();
+            (gate, backoff, incoming)
+        };
+        let decision = {
+            let ds = lock(&self.ds);
+            let stats = ds.stats(SystemTime::now());
+            let input = PoolInput {
+                stats: &stats,
+                targets: &self.cfg.pool,
+                limits: &limits,
+                pending: self.pending(),
+            };
+            pool::decide_with(&input, gate_open, &incoming)
+        };
+        self.counters
+            .pool_decisions
+            .record(&decision, self.pending(), backoff);
+        if !decision.grow.is_empty() {
+            if backoff {
+                tracing::debug!("pool low, but in insufficient-capacity back-off");
+                return Vec::new();
             }
-            let limits = self.input_limits();
-            let (gate_open, backoff) = {
-                let st = lock(&self.state);
-                let gate = st
-                    .last_release
-                    .is_none_or(|t| t.elapsed() >= pool::DECREASE_INTERVAL);
-                let backoff = st
-                    .capacity_backoff_until
-                    .is_some_and(|t| Instant::now() < t);
-                (gate, backoff)
-            };
-            let decision = {
-                let ds = lock(&self.ds);
-                let stats = ds.stats(SystemTime::now());
-                let input = PoolInput {
-                    stats: &stats,
-                    targets: &self.cfg.pool,
-                    limits: &limits,
-                    pending: self.pending(),
+            tracing::info!(plan = ?decision.grow, pending = self.pending(), in_flight = incoming.len(), "growing pool");
+            let mut tasks = Vec::new();
+            for g in decision.grow {
+                let id = {
+                    let mut st = lock(&self.state);
+                    st.next_grow_id += 1;
+                    let id = st.next_grow_id;
+                    st.inflight.insert(id, g.clone());
+                    id
                 };
-                pool::decide(&input, gate_open)
-            };
-            self.counters
-                .pool_decisions
-                .record(&decision, self.pending(), backoff);
-            if !decision.grow.is_empty() {
-                if backoff {
-                    tracing::debug!("pool low, but in insufficient-capacity back-off");
-                    return;
-                }
-                tracing::info!(plan = ?decision.grow, pending = self.pending(), "growing pool");
-                // Existing ENIs and all new ENIs in parallel: attach the next ENI while the
-                // previous one waits for IMDS (ipam.md §13 #5).
-                let futs = decision.grow.iter().map(|g| async move {
-                    match g {
+                let me = self.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = match &g {
                         Grow::Existing { eni, count, kind } => {
-                            self.grow_existing(eni, *count, *kind).await
+                            me.grow_existing(eni, *count, *kind).await
                         }
-                        Grow::NewEni { count, kind } => self.grow_new(*count, *kind).await,
-                    }
-                });
-                let results = futures::future::join_all(futs).await;
-                let mut progressed = false;
-                for r in results {
+                        Grow::NewEni { count, kind } => me.grow_new(*count, *kind).await,
+                    };
+                    lock(&me.state).inflight.remove(&id);
                     match r {
-                        Ok(()) => progressed = true,
+                        Ok(()) => {
+                            // Re-plan against the new truth (more ADDs may be waiting).
+                            me.wake_pool.notify_one();
+                            true
+                        }
                         Err(e) => {
                             if e.kind == CloudErrorKind::InsufficientCapacity {
-                                lock(&self.state).capacity_backoff_until =
+                                lock(&me.state).capacity_backoff_until =
                                     Some(Instant::now() + pool::INSUFFICIENT_CAPACITY_BACKOFF);
                             }
-                            self.note_error(&e.message);
+                            // Retried on the next tick, not at once: no hot loop while EC2 fails.
+                            me.note_error(&e.message);
+                            false
                         }
                     }
-                }
-                if !progressed {
-                    return;
-                }
-                continue;
+                }));
             }
-            if self.pending() > 0 {
+            return tasks;
+        }
+        if self.pending() > 0 || !incoming.is_empty() {
+            return Vec::new();
+        }
+        if !decision.release.is_empty() {
+            lock(&self.state).last_release = Some(Instant::now());
+            self.release_cidrs(decision.release).await;
+        }
+        for id in decision.delete_enis {
+            if self.is_stopping() {
+                return Vec::new();
+            }
+            self.delete_eni(&id).await;
+        }
+        Vec::new()
+    }
+
+    /// One complete pool pass: plan, run the growth to completion, re-plan until nothing is
+    /// left to grow (bounded). Used at start-up and by tests; the pool manager does not wait.
+    pub async fn pool_pass(self: &Arc<Self>) {
+        for _ in 0..POOL_ROUNDS {
+            let tasks = self.plan_and_start().await;
+            if tasks.is_empty() {
                 return;
             }
-            if !decision.release.is_empty() {
-                lock(&self.state).last_release = Some(Instant::now());
-                self.release_cidrs(decision.release).await;
+            let results = futures::future::join_all(tasks).await;
+            if !results.into_iter().any(|r| matches!(r, Ok(true))) {
+                return;
             }
-            for id in decision.delete_enis {
-                if self.is_stopping() {
-                    return;
-                }
-                self.delete_eni(&id).await;
-            }
-            return;
         }
+    }
+
+    /// Increase actions issued but not landed yet.
+    pub fn growth_in_flight(&self) -> usize {
+        lock(&self.state).inflight.len()
     }
 
     /// The pool manager: runs a pass when woken (ADD/DEL) or every [`POOL_TICK`], until stopped.
@@ -931,8 +962,16 @@ impl<C: Cloud, H: Host> Core<C, H> {
             if self.is_stopping() {
                 return;
             }
-            self.pool_pass().await;
-            let _ = tokio::time::timeout(POOL_TICK, self.wake_pool.notified()).await;
+            // Do not wait for the growth it starts: each action wakes us when it lands.
+            drop(self.plan_and_start().await);
+            let woken = tokio::time::timeout(POOL_TICK, self.wake_pool.notified())
+                .await
+                .is_ok();
+            if woken {
+                // Let a burst of ADDs register as pending first, so that one plan sizes the
+                // whole burst and its new ENIs are created in parallel (ipam.md §13 #5).
+                tokio::time::sleep(COALESCE).await;
+            }
         }
     }
 
@@ -1862,12 +1901,19 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
         }
     }
     rc.abort();
-    // The pool manager returns after its current EC2 call; do not wait forever.
-    if tokio::time::timeout(Duration::from_secs(20), pm)
+    // The pool manager stops planning at once; EC2 actions already issued (an ENI being
+    // created and attached) finish, so nothing is left half-done. Do not wait forever.
+    let wait_growth = async {
+        let _ = pm.await;
+        while core.growth_in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), wait_growth)
         .await
         .is_err()
     {
-        tracing::warn!("pool manager did not stop within 20 s");
+        tracing::warn!("EC2 actions still running after 20 s; exiting anyway");
     }
     if let Err(e) = core.persist_all() {
         tracing::warn!(error = %e, "final checkpoint write failed");
@@ -2424,7 +2470,14 @@ pub(crate) mod tests {
             }
         }
         let node = NodeInfo::default();
-        let c = Core::new(cfg, node, M5_LARGE, ds, cloud, FakeHost::default());
+        let c = Arc::new(Core::new(
+            cfg,
+            node,
+            M5_LARGE,
+            ds,
+            cloud,
+            FakeHost::default(),
+        ));
         restore(&c, RESTORE_GRACE).await.unwrap();
         // One pod (packed onto the primary): A = 26 ≥ 2 × 9 frees the highest ENI, then
         // A = 17 < 18 keeps the other one.

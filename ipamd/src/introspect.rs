@@ -297,14 +297,14 @@ pub struct IpamMetadataJson {
     )]
     pub namespace: String,
     /// Pod name.
-    #[serde(rename = "k8sPodName", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "k8sPodName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub name: String,
     /// Interfaces of the pod (multi-NIC).
-    #[serde(
-        rename = "interfacesCount",
-        default,
-        skip_serializing_if = "is_zero"
-    )]
+    #[serde(rename = "interfacesCount", default, skip_serializing_if = "is_zero")]
     pub interfaces_count: u32,
 }
 
@@ -466,9 +466,8 @@ pub fn enis_json(s: &Snapshot) -> BTreeMap<String, EniInfosJson> {
                 ipv4_cidrs: cidrs,
                 ipv6_cidrs: BTreeMap::new(),
                 excluded: info.is_some_and(|i| i.excluded),
-                route_table_id: info.map_or(crate::datastore::MAIN_ROUTE_TABLE, |i| {
-                    i.route_table()
-                }),
+                route_table_id: info
+                    .map_or(crate::datastore::MAIN_ROUTE_TABLE, |i| i.route_table()),
                 subnet_id: String::new(),
             },
         );
@@ -525,7 +524,10 @@ pub fn pods_json(s: &Snapshot) -> BTreeMap<String, PodJson> {
         .iter()
         .map(|p| {
             let a = &p.assignment;
-            let mut key = format!("{}_{}_{}", a.meta.name, a.meta.namespace, a.key.container_id);
+            let mut key = format!(
+                "{}_{}_{}",
+                a.meta.name, a.meta.namespace, a.key.container_id
+            );
             if a.key.if_name != "eth0" {
                 key = format!("{key}_{}", a.key.if_name);
             }
@@ -987,11 +989,7 @@ impl Drop for Server {
 }
 
 /// Binds the introspection endpoint over `src`.
-pub async fn start(
-    addr: &str,
-    src: Arc<dyn Observe>,
-    extras: Extras,
-) -> std::io::Result<Server> {
+pub async fn start(addr: &str, src: Arc<dyn Observe>, extras: Extras) -> std::io::Result<Server> {
     let handler: Handler = Arc::new(move |path: &str| route(src.as_ref(), &extras, path));
     Server::start(addr, handler).await
 }
@@ -1022,7 +1020,9 @@ pub async fn start_servers(
                     tracing::info!(addr = s.local_addr(), "metrics endpoint serving /metrics");
                     out.metrics = Some(s);
                 }
-                Err(e) => tracing::error!(addr = metrics_addr, error = %e, "cannot bind metrics endpoint"),
+                Err(e) => {
+                    tracing::error!(addr = metrics_addr, error = %e, "cannot bind metrics endpoint")
+                }
             },
             Err(e) => tracing::error!(error = %e, "cannot build the metrics registry"),
         }
@@ -1106,10 +1106,10 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("{addr}: malformed status line {:?}", head.lines().next()))?;
     let mut body = raw[split + 4..].to_vec();
-    if head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"))
-    {
+    if head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    }) {
         body = decode_chunked(&body).ok_or_else(|| format!("{addr}: bad chunked body"))?;
     }
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -1154,21 +1154,29 @@ fn age(assigned: &str, now: SystemTime) -> String {
 }
 
 /// Renders `/v1/pool` and `/v1/pods` as the `ipamd status` text.
-pub fn render_status(
-    pool: &PoolJson,
-    pods: &BTreeMap<String, PodJson>,
-    now: SystemTime,
-) -> String {
+pub fn render_status(pool: &PoolJson, pods: &BTreeMap<String, PodJson>, now: SystemTime) -> String {
     let mut out = String::new();
     out += &format!(
         "Node {} ({}): {}; max pods {}; ENIs {}/{}{}\n",
-        if pool.instance_id.is_empty() { "?" } else { &pool.instance_id },
-        if pool.instance_type.is_empty() { "?" } else { &pool.instance_type },
+        if pool.instance_id.is_empty() {
+            "?"
+        } else {
+            &pool.instance_id
+        },
+        if pool.instance_type.is_empty() {
+            "?"
+        } else {
+            &pool.instance_type
+        },
         if pool.ready { "ready" } else { "NOT ready" },
         pool.max_pods,
         pool.enis.len(),
         pool.max_enis,
-        if pool.prefix_delegation { "; prefix delegation" } else { "" },
+        if pool.prefix_delegation {
+            "; prefix delegation"
+        } else {
+            ""
+        },
     );
     out += &format!(
         "Addresses: {} total, {} used, {} free, {} cooling{}; pending ADDs {}\n",
@@ -1176,7 +1184,11 @@ pub fn render_status(
         pool.assigned,
         pool.free,
         pool.cooling,
-        if pool.prefix_delegation { format!(" ({} prefixes)", pool.prefixes) } else { String::new() },
+        if pool.prefix_delegation {
+            format!(" ({} prefixes)", pool.prefixes)
+        } else {
+            String::new()
+        },
         pool.pending_adds
     );
     out += &format!(
@@ -1244,7 +1256,15 @@ pub fn render_status(
             })
             .collect();
         out += &table(
-            &["POD", "ADDRESS", "ENI", "DEVICE", "CONTAINER", "IFNAME", "AGE"],
+            &[
+                "POD",
+                "ADDRESS",
+                "ENI",
+                "DEVICE",
+                "CONTAINER",
+                "IFNAME",
+                "AGE",
+            ],
             &rows,
         );
     }
@@ -1274,7 +1294,10 @@ pub fn status(addr: &str, json: bool) -> Result<String, String> {
     let get = |path: &str| -> Result<String, String> {
         let (code, body) = http_get(addr, path)?;
         if code != 200 {
-            return Err(format!("GET {path} on {addr}: HTTP {code}: {}", body.trim()));
+            return Err(format!(
+                "GET {path} on {addr}: HTTP {code}: {}",
+                body.trim()
+            ));
         }
         Ok(body)
     };
@@ -1334,5 +1357,548 @@ pub fn status_main(args: &[String]) -> ExitCode {
             eprintln!("ipamd status: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::daemon::tests::{FakeCloud, core};
+    use crate::metrics::{Metrics, parse_text};
+    use crate::rpc::Services;
+    use awscni_proto::rpc::cni_backend_server::CniBackend;
+    use awscni_proto::rpc::{AddNetworkRequest, DelNetworkRequest};
+    use ipnet::Ipv4Net;
+    use serde_json::Value;
+    use tonic::Request;
+
+    fn add_req(c: &str, pod: &str) -> AddNetworkRequest {
+        AddNetworkRequest {
+            k8s_pod_name: pod.into(),
+            k8s_pod_namespace: "default".into(),
+            if_name: "eth0".into(),
+            network_name: "aws-cni".into(),
+            container_id: c.into(),
+            client_version: "1.0".into(),
+            ..Default::default()
+        }
+    }
+
+    fn del_req(c: &str, reason: &str) -> DelNetworkRequest {
+        DelNetworkRequest {
+            if_name: "eth0".into(),
+            network_name: "aws-cni".into(),
+            container_id: c.into(),
+            client_version: "1.0".into(),
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A core with 9 secondary IPs on the primary ENI, three pods added through the real gRPC
+    /// handlers and one of them deleted (so one address is cooling).
+    async fn busy_core(
+        dir: &std::path::Path,
+    ) -> Arc<Core<FakeCloud, crate::daemon::tests::FakeHost>> {
+        let c = core(dir, &[], FakeCloud::with_primary(9)).await;
+        let svc = Services::new(c.clone(), "1.0");
+        for (cid, pod) in [("c1", "web-1"), ("c2", "web-2"), ("c3", "web-3")] {
+            let r = svc
+                .add_network(Request::new(add_req(cid, pod)))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.success);
+        }
+        svc.del_network(Request::new(del_req("c2", "PodDeleted")))
+            .await
+            .unwrap();
+        // DEL of an unknown pod still counts as a request (upstream counts on entry).
+        assert!(
+            svc.del_network(Request::new(del_req("nope", "SetupNSFailed")))
+                .await
+                .is_err()
+        );
+        c
+    }
+
+    fn value(v: &Value, path: &[&str]) -> Value {
+        path.iter().fold(v.clone(), |acc, k| {
+            acc.get(*k).cloned().unwrap_or(Value::Null)
+        })
+    }
+
+    #[tokio::test]
+    async fn enis_json_matches_the_datastore_field_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = busy_core(dir.path()).await;
+        let body = route(c.as_ref(), &Extras::default(), "/v1/enis");
+        assert_eq!(body.status, 200);
+        assert_eq!(body.content_type, "application/json");
+        let v: Value = serde_json::from_str(&body.body).unwrap();
+        let cards: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(cards, ["0"]);
+        let card = &v["0"];
+        let (stats, enis, assignments, cp, state) = c.with_ds(|ds| {
+            let now = SystemTime::now();
+            (
+                ds.stats(now),
+                ds.enis().cloned().collect::<Vec<_>>(),
+                ds.assignments(),
+                ds.checkpoint(),
+                ds.state(now, &[]),
+            )
+        });
+        assert_eq!(card["TotalIPs"], stats.total());
+        assert_eq!(card["AssignedIPs"], stats.assigned());
+        assert_eq!(stats.assigned(), 2);
+        assert_eq!(card["ENIs"].as_object().unwrap().len(), enis.len());
+        for e in &enis {
+            let j = &card["ENIs"][&e.id];
+            assert_eq!(j["ID"], e.id.as_str());
+            assert_eq!(j["IsPrimary"], e.is_primary);
+            assert_eq!(j["IsTrunk"], e.trunk);
+            assert_eq!(j["IsEFA"], e.efa);
+            assert_eq!(j["DeviceNumber"], e.device_number);
+            assert_eq!(j["IsExcludedForPodIPs"], e.excluded);
+            assert_eq!(j["RouteTableID"], e.route_table());
+            assert_eq!(j["SubnetID"], "");
+            assert_eq!(j["IPv6Cidrs"], serde_json::json!({}));
+            let cidrs = c.with_ds(|ds| ds.eni_cidrs(&e.id));
+            let keys: Vec<String> = j["AvailableIPv4Cidrs"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            let mut want: Vec<String> = cidrs.iter().map(|c| c.to_string()).collect();
+            want.sort();
+            assert_eq!(keys, want);
+            for net in &cidrs {
+                let cj = &j["AvailableIPv4Cidrs"][net.to_string()];
+                assert_eq!(cj["Cidr"]["IP"], net.network().to_string());
+                assert_eq!(cj["Cidr"]["Mask"], "/////w==");
+                assert_eq!(cj["IsPrefix"], false);
+                assert_eq!(cj["AddressFamily"], "4");
+            }
+        }
+        // Assigned addresses: key blanked except the network, metadata, times from the
+        // checkpoint.
+        for a in &assignments {
+            let cidr = Ipv4Net::from(a.addr).to_string();
+            let aj = &card["ENIs"][&a.eni]["AvailableIPv4Cidrs"][&cidr]["IPAddresses"]
+                [a.addr.to_string()];
+            assert_eq!(aj["Address"], a.addr.to_string());
+            assert_eq!(
+                aj["IPAMKey"],
+                serde_json::json!({"networkName": "aws-cni", "containerID": "", "ifName": ""})
+            );
+            assert_eq!(
+                aj["IPAMMetadata"]["k8sPodNamespace"],
+                a.meta.namespace.as_str()
+            );
+            assert_eq!(aj["IPAMMetadata"]["k8sPodName"], a.meta.name.as_str());
+            let ts = cp
+                .allocations
+                .iter()
+                .find(|x| x.ipv4 == a.addr.to_string())
+                .unwrap()
+                .allocation_timestamp;
+            assert_eq!(
+                aj["AssignedTime"],
+                rfc3339(Some(from_unix_nanos(ts))).as_str()
+            );
+            assert_eq!(aj["UnassignedTime"], ZERO_TIME);
+        }
+        // The released address: cooling, zero assigned time, empty key and metadata.
+        assert_eq!(state.cooldown.len(), 1);
+        let cool = &state.cooldown[0];
+        let addr: Ipv4Addr = cool.ipv4.parse().unwrap();
+        let eni = c.with_ds(|ds| {
+            ds.enis()
+                .find(|e| ds.eni_cidrs(&e.id).iter().any(|n| n.contains(&addr)))
+                .unwrap()
+                .id
+                .clone()
+        });
+        let aj = value(
+            card,
+            &[
+                "ENIs",
+                &eni,
+                "AvailableIPv4Cidrs",
+                &format!("{addr}/32"),
+                "IPAddresses",
+                &cool.ipv4,
+            ],
+        );
+        assert_eq!(aj["AssignedTime"], ZERO_TIME);
+        assert_eq!(
+            aj["UnassignedTime"],
+            rfc3339(Some(from_unix_nanos(cool.released_at))).as_str()
+        );
+        assert_eq!(
+            aj["IPAMKey"],
+            serde_json::json!({"networkName": "", "containerID": "", "ifName": ""})
+        );
+        assert_eq!(aj["IPAMMetadata"], serde_json::json!({}));
+        // Upstream's field order inside an ENI object.
+        let raw = &body.body;
+        let order = [
+            "\"ID\"",
+            "\"IsPrimary\"",
+            "\"IsTrunk\"",
+            "\"IsEFA\"",
+            "\"DeviceNumber\"",
+            "\"AvailableIPv4Cidrs\"",
+            "\"IPv6Cidrs\"",
+            "\"IsExcludedForPodIPs\"",
+            "\"RouteTableID\"",
+            "\"SubnetID\"",
+        ];
+        let pos: Vec<usize> = order.iter().map(|k| raw.find(k).unwrap()).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{pos:?}");
+    }
+
+    #[tokio::test]
+    async fn pods_and_pool_match_the_datastore() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = busy_core(dir.path()).await;
+        let pods: BTreeMap<String, PodJson> =
+            serde_json::from_str(&route(c.as_ref(), &Extras::default(), "/v1/pods").body).unwrap();
+        let assignments = c.with_ds(|ds| ds.assignments());
+        assert_eq!(pods.len(), assignments.len());
+        for a in &assignments {
+            let key = format!(
+                "{}_{}_{}",
+                a.meta.name, a.meta.namespace, a.key.container_id
+            );
+            let p = &pods[&key];
+            assert_eq!(p.ip, a.addr.to_string());
+            assert_eq!(p.eni, a.eni);
+            assert_eq!(p.container_id, a.key.container_id);
+            assert_eq!(p.if_name, "eth0");
+            assert_eq!(p.network_name, "aws-cni");
+            assert_eq!(p.device_number, a.device_number);
+            assert_eq!(p.route_table_id, a.route_table);
+            assert_ne!(p.assigned_time, ZERO_TIME);
+        }
+        let pool: PoolJson =
+            serde_json::from_str(&route(c.as_ref(), &Extras::default(), "/v1/pool/").body).unwrap();
+        let st = c.with_ds(|ds| ds.stats(SystemTime::now()));
+        assert_eq!(
+            (pool.total, pool.assigned, pool.free, pool.cooling),
+            (st.total(), st.assigned(), st.free(), st.cooling())
+        );
+        assert_eq!((pool.assigned, pool.cooling), (2, 1));
+        assert_eq!(pool.max_pods, 29);
+        assert_eq!(pool.max_enis, 3);
+        assert_eq!(pool.warm_eni_target, 1);
+        assert_eq!(pool.enis.len(), st.enis.len());
+        assert_eq!(pool.enis[0].id, "eni-0");
+        assert_eq!(pool.enis[0].route_table_id, 254);
+        assert_eq!(pool.enis[0].assigned, 2);
+        assert!(pool.enis[0].is_primary);
+        assert_eq!(pool.instance_type, "m5.large");
+        // Rendered for an operator.
+        let text = render_status(&pool, &pods, SystemTime::now());
+        assert!(text.contains("max pods 29"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "{} total, 2 used, {} free, 1 cooling",
+                st.total(),
+                st.free()
+            )),
+            "{text}"
+        );
+        let eni_row = text
+            .lines()
+            .find(|l| l.starts_with("eni-0 "))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        assert_eq!(
+            eni_row,
+            [
+                "eni-0",
+                "0",
+                "254",
+                "9",
+                "9",
+                "2",
+                &st.free().to_string(),
+                "1",
+                "primary"
+            ]
+        );
+        for a in &assignments {
+            let row = text
+                .lines()
+                .find(|l| l.starts_with(&format!("default/{} ", a.meta.name)))
+                .unwrap();
+            assert!(row.contains(&a.addr.to_string()), "{row}");
+            assert!(row.contains(&a.eni), "{row}");
+        }
+        assert!(!text.contains("EC2 errors"));
+    }
+
+    #[test]
+    fn status_lists_ec2_errors_and_decisions() {
+        let pool = PoolJson {
+            ready: false,
+            instance_id: String::new(),
+            instance_type: String::new(),
+            prefix_delegation: true,
+            warm_eni_target: 1,
+            warm_ip_target: 0,
+            minimum_ip_target: 0,
+            warm_prefix_target: 1,
+            max_pods: 110,
+            max_enis: 3,
+            total: 0,
+            assigned: 0,
+            free: 0,
+            cooling: 0,
+            prefixes: 0,
+            pending_adds: 2,
+            enis: vec![],
+            last_decision: Some(DecisionJson {
+                time: ZERO_TIME.into(),
+                action: "grow".into(),
+                reason: "pending_adds".into(),
+                detail: "new ENI with 1 Prefix".into(),
+            }),
+            last_pool_error: Some(
+                "CreateNetworkInterface: InsufficientFreeAddressesInSubnet".into(),
+            ),
+            ec2_errors: BTreeMap::from([(
+                "CreateNetworkInterface".to_owned(),
+                BTreeMap::from([("InsufficientFreeAddressesInSubnet".to_owned(), 3)]),
+            )]),
+        };
+        let t = render_status(&pool, &BTreeMap::new(), SystemTime::now());
+        assert!(t.contains("NOT ready"), "{t}");
+        assert!(t.contains("prefix delegation"), "{t}");
+        assert!(t.contains("pending ADDs 2"), "{t}");
+        assert!(t.contains("Last pool decision: grow (pending_adds)"), "{t}");
+        assert!(t.contains("Last pool error: CreateNetworkInterface"), "{t}");
+        assert!(t.contains("No pods."), "{t}");
+        let row = t
+            .lines()
+            .find(|l| l.starts_with("CreateNetworkInterface "))
+            .unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            [
+                "CreateNetworkInterface",
+                "InsufficientFreeAddressesInSubnet",
+                "3"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_match_the_datastore_and_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = busy_core(dir.path()).await;
+        let m = Metrics::new(c.clone(), Extras::default(), "v9.9.9").unwrap();
+        let text = m.render();
+        let (samples, types) = parse_text(&text).unwrap();
+        let get = |name: &str, labels: &[(&str, &str)]| -> f64 {
+            samples
+                .iter()
+                .find(|s| {
+                    s.name == name
+                        && s.labels.len() == labels.len()
+                        && labels
+                            .iter()
+                            .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+                })
+                .unwrap_or_else(|| panic!("{name} {labels:?} missing in\n{text}"))
+                .value
+        };
+        let st = c.with_ds(|ds| ds.stats(SystemTime::now()));
+        assert_eq!(get("awscni_eni_max", &[]), 3.0);
+        assert_eq!(get("awscni_ip_max", &[]), 27.0);
+        assert_eq!(get("awscni_eni_allocated", &[]), st.enis.len() as f64);
+        assert_eq!(get("awscni_total_ip_addresses", &[]), st.total() as f64);
+        assert_eq!(get("awscni_assigned_ip_addresses", &[]), 2.0);
+        assert_eq!(get("awscni_total_ipv4_prefixes", &[]), 0.0);
+        assert_eq!(get("awscni_free_ip_addresses", &[]), st.free() as f64);
+        assert_eq!(get("awscni_cooling_ip_addresses", &[]), 1.0);
+        assert_eq!(get("awscni_max_pods", &[]), 29.0);
+        assert_eq!(get("awscni_assigned_ip_per_eni", &[("eni", "eni-0")]), 2.0);
+        for a in c.with_ds(|ds| ds.assignments()) {
+            let cidr = Ipv4Net::from(a.addr).to_string();
+            assert_eq!(get("awscni_assigned_ip_per_cidr", &[("cidr", &cidr)]), 1.0);
+        }
+        let per_cidr: f64 = samples
+            .iter()
+            .filter(|s| s.name == "awscni_assigned_ip_per_cidr")
+            .map(|s| s.value)
+            .sum();
+        assert_eq!(per_cidr, 2.0);
+        assert_eq!(
+            get(
+                "awscni_build_info",
+                &[("version", "v9.9.9"), ("goversion", "rust")]
+            ),
+            1.0
+        );
+        assert_eq!(get("awscni_add_ip_req_count", &[]), 3.0);
+        assert_eq!(
+            get("awscni_del_ip_req_count", &[("reason", "PodDeleted")]),
+            1.0
+        );
+        assert_eq!(
+            get("awscni_del_ip_req_count", &[("reason", "SetupNSFailed")]),
+            1.0
+        );
+        assert_eq!(get("awscni_no_available_ip_addresses", &[]), 0.0);
+        assert_eq!(get("awscni_force_removed_ips", &[]), 0.0);
+        assert_eq!(get("awscni_force_removed_enis", &[]), 0.0);
+        assert_eq!(get("awscni_ready", &[]), 0.0);
+        // Upstream kinds, and counters keep upstream's names (no `_total`).
+        assert_eq!(types["awscni_add_ip_req_count"], "counter");
+        assert_eq!(types["awscni_del_ip_req_count"], "counter");
+        assert_eq!(types["awscni_eni_max"], "gauge");
+        assert_eq!(types["awscni_add_ip_wait_seconds"], "histogram");
+        assert!(!text.contains("awscni_add_ip_req_count_total"));
+        // Process collector.
+        assert!(get("process_resident_memory_bytes", &[]) > 0.0);
+        assert!(get("process_open_fds", &[]) > 0.0);
+        assert!(get("process_start_time_seconds", &[]) > 1.6e9);
+        // Scrape time: a new pod shows up in the next scrape without any other plumbing.
+        let svc = Services::new(c.clone(), "1.0");
+        svc.add_network(Request::new(add_req("c9", "web-9")))
+            .await
+            .unwrap();
+        let (samples, _) = parse_text(&m.render()).unwrap();
+        let assigned = samples
+            .iter()
+            .find(|s| s.name == "awscni_assigned_ip_addresses")
+            .unwrap()
+            .value;
+        assert_eq!(assigned, 3.0);
+    }
+
+    #[tokio::test]
+    async fn empty_pool_add_wait_and_pool_decision_are_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(dir.path(), &[], FakeCloud::with_primary(0)).await;
+        *c.cloud().create_delay.lock().unwrap() = Duration::from_millis(20);
+        let pm = tokio::spawn(c.clone().pool_manager());
+        let svc = Services::new(c.clone(), "1.0");
+        let r = svc
+            .add_network(Request::new(add_req("c1", "p1")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.success);
+        c.stop();
+        pm.await.unwrap();
+        let (samples, _) = parse_text(
+            &Metrics::new(c.clone(), Extras::default(), "v")
+                .unwrap()
+                .render(),
+        )
+        .unwrap();
+        let get = |name: &str| {
+            samples
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.value)
+                .sum::<f64>()
+        };
+        assert_eq!(get("awscni_no_available_ip_addresses"), 1.0);
+        assert_eq!(get("awscni_add_ip_wait_seconds_count"), 1.0);
+        assert!(get("awscni_add_ip_wait_seconds_sum") > 0.0);
+        assert!(get("awscni_pool_decisions") >= 1.0);
+        assert!(samples.iter().any(|s| s.name == "awscni_pool_decisions"
+            && s.labels.get("action").map(String::as_str) == Some("grow")));
+        let pool: PoolJson =
+            serde_json::from_str(&route(c.as_ref(), &Extras::default(), "/v1/pool").body).unwrap();
+        let d = pool.last_decision.unwrap();
+        assert!(d.action == "grow" || d.action == "release", "{d:?}");
+        assert!(!d.detail.is_empty());
+    }
+
+    #[tokio::test]
+    async fn paths_and_env_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = core(
+            dir.path(),
+            &[
+                (
+                    "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+                    "192.168.0.0/16,10.9.0.0/16",
+                ),
+                ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "hashrandom"),
+                ("WARM_IP_TARGET", "5"),
+            ],
+            FakeCloud::with_primary(2),
+        )
+        .await;
+        let ex = Extras::default();
+        let root: Value = serde_json::from_str(&route(c.as_ref(), &ex, "/").body).unwrap();
+        let cmds: Vec<&str> = root["AvailableCommands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(cmds, PATHS);
+        let mut sorted = cmds.clone();
+        sorted.sort();
+        assert_eq!(cmds, sorted);
+        for p in PATHS.iter().filter(|p| **p != "/v1/eni-configs") {
+            assert_eq!(route(c.as_ref(), &ex, p).status, 200, "{p}");
+        }
+        assert_eq!(route(c.as_ref(), &ex, "/v1/eni-configs").status, 404);
+        assert_eq!(route(c.as_ref(), &ex, "/v1/nothing").status, 404);
+        let n: Value =
+            serde_json::from_str(&route(c.as_ref(), &ex, "/v1/networkutils-env-settings").body)
+                .unwrap();
+        assert_eq!(n["AWS_VPC_K8S_CNI_RANDOMIZESNAT"], 1);
+        assert_eq!(n["AWS_VPC_K8S_CNI_CONNMARK"], 128);
+        assert_eq!(n["AWS_VPC_ENI_MTU"], 9001);
+        assert_eq!(n["AWS_VPC_K8S_CNI_EXTERNALSNAT"], false);
+        assert_eq!(n["AWS_VPC_CNI_NODE_PORT_SUPPORT"], true);
+        assert_eq!(n["AWS_VPC_K8S_CNI_VETHPREFIX"], "eni");
+        assert_eq!(
+            n["AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS"],
+            serde_json::json!(["192.168.0.0/16", "10.9.0.0/16"])
+        );
+        assert_eq!(n["AWS_EXTERNAL_SERVICE_CIDRS"], Value::Null);
+        let e: Value =
+            serde_json::from_str(&route(c.as_ref(), &ex, "/v1/ipamd-env-settings").body).unwrap();
+        assert_eq!(e["WARM_IP_TARGET"], "5");
+        assert_eq!(e["WARM_ENI_TARGET"], "1");
+        assert_eq!(e["AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG"], "false");
+        assert_eq!(e["ENABLE_SUBNET_DISCOVERY"], "true");
+    }
+
+    #[test]
+    fn go_compatible_encodings() {
+        assert_eq!(base64(&[255, 255, 255, 255]), "/////w==");
+        assert_eq!(base64(&[255, 255, 255, 240]), "////8A==");
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"Ma"), "TWE=");
+        assert_eq!(rfc3339(None), ZERO_TIME);
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_000_000);
+        assert_eq!(rfc3339(Some(t)), "2023-11-14T22:13:20.123Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(rfc3339(Some(t)), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        assert_eq!(
+            decode_chunked(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").unwrap(),
+            b"Wikipedia"
+        );
+        assert!(decode_chunked(b"zz\r\n").is_none());
+        assert!(decode_chunked(b"9\r\nshort\r\n").is_none());
     }
 }

@@ -126,14 +126,27 @@ pub fn iso8601_millis(t: time::OffsetDateTime) -> String {
     )
 }
 
+/// zap's short caller: the last directory and the file name (`ipamd/ipamd.go` upstream;
+/// `ipamd/daemon.rs` here, Cargo's `src` directory skipped).
+pub fn short_caller(file: &str) -> String {
+    let mut parts: Vec<&str> = file
+        .split(['/', '\\'])
+        .filter(|p| !p.is_empty() && *p != "src")
+        .collect();
+    let name = parts.pop().unwrap_or(file);
+    match parts.pop() {
+        Some(dir) => format!("{dir}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
 /// One JSON line for an event (without the newline).
 fn json_line(event: &Event<'_>, now: time::OffsetDateTime) -> String {
     let meta = event.metadata();
     let mut f = Fields::default();
     event.record(&mut f);
     let caller = match (meta.file(), meta.line()) {
-        // Upstream prints the package-relative path ("ipamd/ipamd.go:123").
-        (Some(file), Some(line)) => format!("{}:{line}", file.trim_start_matches("src/")),
+        (Some(file), Some(line)) => format!("{}:{line}", short_caller(file)),
         _ => meta.target().to_owned(),
     };
     let mut obj = Map::new();
@@ -167,6 +180,9 @@ where
 struct RotState {
     file: File,
     size: u64,
+    /// The last byte written ended a line: only then may the file rotate, so that a record
+    /// written in several pieces never straddles two files.
+    at_line_start: bool,
 }
 
 /// An append-only log file rotated by size: `path` → `path.1` → … → `path.<backups>`.
@@ -192,7 +208,11 @@ impl RotatingFile {
             path: path.to_owned(),
             max_bytes,
             backups,
-            state: Arc::new(Mutex::new(RotState { file, size })),
+            state: Arc::new(Mutex::new(RotState {
+                file,
+                size,
+                at_line_start: true,
+            })),
         })
     }
 
@@ -231,7 +251,7 @@ impl RotatingFile {
 impl Write for RotatingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.size > 0 && st.size + buf.len() as u64 > self.max_bytes {
+        if st.at_line_start && st.size > 0 && st.size + buf.len() as u64 > self.max_bytes {
             // A failed rotation must not lose the line: keep writing to the current file.
             if let Err(e) = self.rotate(&mut st) {
                 let _ = writeln!(io::stderr(), "ipamd: cannot rotate log file: {e}");
@@ -239,6 +259,9 @@ impl Write for RotatingFile {
         }
         let n = st.file.write(buf)?;
         st.size += n as u64;
+        if n > 0 {
+            st.at_line_start = buf[n - 1] == b'\n';
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -311,6 +334,16 @@ mod tests {
     }
 
     #[test]
+    fn short_callers() {
+        assert_eq!(short_caller("ipamd/src/daemon.rs"), "ipamd/daemon.rs");
+        assert_eq!(
+            short_caller("/r/.cargo/registry/src/x/hyper-1.12.0/src/proto/h1/conn.rs"),
+            "h1/conn.rs"
+        );
+        assert_eq!(short_caller("main.rs"), "main.rs");
+    }
+
+    #[test]
     fn iso8601() {
         let t = time::macros::datetime!(2024-03-05 07:08:09.123456 UTC);
         assert_eq!(iso8601_millis(t), "2024-03-05T07:08:09.123Z");
@@ -343,7 +376,13 @@ mod tests {
         assert_eq!(a["msg"], "assigned addresses");
         assert_eq!(a["eni"], "eni-1");
         assert_eq!(a["count"], 3);
-        assert!(a["caller"].as_str().unwrap().starts_with("logging.rs:"));
+        assert!(
+            a["caller"]
+                .as_str()
+                .unwrap()
+                .starts_with("ipamd/logging.rs:"),
+            "{a}"
+        );
         let ts = a["ts"].as_str().unwrap();
         assert_eq!(ts.len(), "2024-03-05T07:08:09.123Z".len());
         assert!(ts.ends_with('Z'));
@@ -358,8 +397,8 @@ mod tests {
         let path = dir.path().join("ipamd.log");
         let mut f = RotatingFile::open(&path, 130, 2).unwrap();
         for i in 0..7 {
-            // 60-byte lines: every second line rotates.
-            writeln!(f, "{i:059}").unwrap();
+            // 60-byte records, written whole as the fmt layer does: two fit in 130 bytes.
+            f.write_all(format!("{i:059}\n").as_bytes()).unwrap();
         }
         f.flush().unwrap();
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
@@ -368,5 +407,20 @@ mod tests {
         assert_eq!(read(&f.backup(2)), format!("{:059}\n{:059}\n", 2, 3));
         // Only `backups` old files are kept.
         assert!(!f.backup(3).exists());
+
+        // A record written in pieces never straddles two files.
+        let path = dir.path().join("pieces.log");
+        let mut f = RotatingFile::open(&path, 130, 3).unwrap();
+        for i in 0..20 {
+            writeln!(f, "{i:059}").unwrap();
+        }
+        let mut lines = 0;
+        for p in [path.clone(), f.backup(1), f.backup(2), f.backup(3)] {
+            let t = read(&p);
+            assert!(t.ends_with('\n'), "{t:?}");
+            assert!(t.lines().all(|l| l.len() == 59), "{t:?}");
+            lines += t.lines().count();
+        }
+        assert!(lines < 20, "old files were not dropped");
     }
 }

@@ -44,7 +44,7 @@ pub struct WaitHistogram {
 }
 
 /// A copy of a [`WaitHistogram`].
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HistogramValues {
     /// Cumulative counts per bucket of [`WAIT_BUCKETS`] (`+Inf` is `count`).
     pub cumulative: Vec<u64>,
@@ -52,6 +52,17 @@ pub struct HistogramValues {
     pub count: u64,
     /// Sum of the observations, seconds.
     pub sum_seconds: f64,
+}
+
+impl Default for HistogramValues {
+    /// Empty: every bucket present with a zero count (so the exposition lists them all).
+    fn default() -> Self {
+        Self {
+            cumulative: vec![0; WAIT_BUCKETS.len()],
+            count: 0,
+            sum_seconds: 0.0,
+        }
+    }
 }
 
 impl WaitHistogram {
@@ -157,7 +168,11 @@ impl PoolDecisions {
                 "below_target"
             };
             if backoff {
-                ("grow_deferred", "insufficient_capacity_backoff", what.join(", "))
+                (
+                    "grow_deferred",
+                    "insufficient_capacity_backoff",
+                    what.join(", "),
+                )
             } else {
                 ("grow", reason, what.join(", "))
             }
@@ -255,56 +270,286 @@ use Kind::{Counter, Gauge, Histogram, Summary};
 
 /// Every `awscni_*` family, in exposition order.
 pub const FAMILIES: &[FamilySpec] = &[
-    up("awscni_eni_max", Gauge, &[], "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs"),
-    up("awscni_ip_max", Gauge, &[], "The maximum number of IP addresses that can be allocated to the instance"),
-    up("awscni_eni_allocated", Gauge, &[], "The number of ENIs allocated"),
-    up("awscni_total_ip_addresses", Gauge, &[], "The total number of IP addresses"),
-    up("awscni_assigned_ip_addresses", Gauge, &[], "The number of IP addresses assigned to pods"),
-    up("awscni_total_ipv4_prefixes", Gauge, &[], "The total number of IPv4 prefixes"),
-    up("awscni_assigned_ip_per_cidr", Gauge, &["cidr"], "The total number of IP addresses assigned per cidr"),
-    up("awscni_assigned_ip_per_eni", Gauge, &["eni"], "The number of IP addresses assigned per ENI"),
-    up("awscni_build_info", Gauge, &["version", "goversion"], "VPC CNI build information (goversion carries the Rust toolchain)"),
-    up("awscni_add_ip_req_count", Counter, &[], "The number of add IP address requests"),
-    up("awscni_del_ip_req_count", Counter, &["reason"], "The number of delete IP address requests"),
-    up("awscni_no_available_ip_addresses", Counter, &[], "The number of pod IP assignments that found no available IP address"),
-    up("awscni_force_removed_ips", Counter, &[], "The number of IPs force removed while they had assigned pods"),
-    up("awscni_force_removed_enis", Counter, &[], "The number of ENIs force removed while they had assigned pods"),
-    up("awscni_ipamd_error_count", Counter, &["fn"], "The number of errors encountered in ipamd"),
-    up("awscni_reconcile_count", Counter, &["fn"], "The number of times ipamd reconciles on ENIs and IP/prefix addresses"),
-    up("awscni_ec2api_req_count", Counter, &["fn"], "The number of requests made to EC2 APIs by CNI"),
-    up("awscni_ec2api_error_count", Counter, &["fn"], "The number of failed EC2 APIs requests"),
-    up("awscni_aws_api_error_count", Counter, &["api", "error"], "The number of times AWS API returns an error"),
-    up("awscni_aws_api_latency_ms", Summary, &["api"], "AWS API call latency in ms (EC2 attempts; limiter wait excluded)"),
-    ours("awscni_max_pods", Gauge, &[], "Max pods this node supports, as computed by ipamd"),
-    ours("awscni_free_ip_addresses", Gauge, &[], "Addresses that can be assigned now (cooling ones excluded)"),
-    ours("awscni_cooling_ip_addresses", Gauge, &[], "Released addresses still in their cooldown"),
-    ours("awscni_pending_add_requests", Gauge, &[], "ADD requests waiting for the pool manager right now"),
-    ours("awscni_ready", Gauge, &[], "1 once node initialisation is done and ipamd serves"),
-    ours("awscni_add_ip_no_address_count", Counter, &[], "ADD requests answered without an address after waiting"),
-    ours("awscni_add_ip_wait_seconds", Histogram, &[], "How long ADD requests that found the pool empty waited for an address"),
-    ours("awscni_pool_decisions", Counter, &["action", "reason"], "Pool manager decisions by action and reason"),
-    ours("awscni_pool_passes", Counter, &[], "Pool manager passes run"),
-    ours("awscni_prefix_fallbacks", Counter, &[], "Prefix requests that fell back to secondary IPs"),
-    ours("awscni_ec2api_call_count", Counter, &["fn", "result"], "EC2 attempts by operation and result (success or the AWS error code)"),
-    ours("awscni_ec2api_throttle_count", Counter, &["fn"], "EC2 attempts that were throttled"),
-    ours("awscni_ec2api_retry_count", Counter, &["fn"], "EC2 attempts that retried an earlier failure"),
-    ours("awscni_ec2api_latency_max_ms", Gauge, &["fn"], "Slowest EC2 attempt so far, ms"),
-    ours("awscni_ec2_limiter_wait_seconds", Counter, &[], "Total time EC2 calls waited for the client-side token bucket"),
-    ours("awscni_ec2_limiter_wait_max_seconds", Gauge, &[], "Longest single wait for the token bucket"),
-    ours("awscni_ec2_limiter_tokens", Counter, &[], "Tokens handed out by the EC2 token bucket"),
-    ours("awscni_ec2_limiter_qps", Gauge, &[], "Configured sustained EC2 rate (AWS_VPC_CNI_EC2_QPS)"),
-    ours("awscni_ec2_limiter_burst", Gauge, &[], "Configured EC2 burst (AWS_VPC_CNI_EC2_BURST)"),
+    up(
+        "awscni_eni_max",
+        Gauge,
+        &[],
+        "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs",
+    ),
+    up(
+        "awscni_ip_max",
+        Gauge,
+        &[],
+        "The maximum number of IP addresses that can be allocated to the instance",
+    ),
+    up(
+        "awscni_eni_allocated",
+        Gauge,
+        &[],
+        "The number of ENIs allocated",
+    ),
+    up(
+        "awscni_total_ip_addresses",
+        Gauge,
+        &[],
+        "The total number of IP addresses",
+    ),
+    up(
+        "awscni_assigned_ip_addresses",
+        Gauge,
+        &[],
+        "The number of IP addresses assigned to pods",
+    ),
+    up(
+        "awscni_total_ipv4_prefixes",
+        Gauge,
+        &[],
+        "The total number of IPv4 prefixes",
+    ),
+    up(
+        "awscni_assigned_ip_per_cidr",
+        Gauge,
+        &["cidr"],
+        "The total number of IP addresses assigned per cidr",
+    ),
+    up(
+        "awscni_assigned_ip_per_eni",
+        Gauge,
+        &["eni"],
+        "The number of IP addresses assigned per ENI",
+    ),
+    up(
+        "awscni_build_info",
+        Gauge,
+        &["version", "goversion"],
+        "VPC CNI build information (goversion carries the Rust toolchain)",
+    ),
+    up(
+        "awscni_add_ip_req_count",
+        Counter,
+        &[],
+        "The number of add IP address requests",
+    ),
+    up(
+        "awscni_del_ip_req_count",
+        Counter,
+        &["reason"],
+        "The number of delete IP address requests",
+    ),
+    up(
+        "awscni_no_available_ip_addresses",
+        Counter,
+        &[],
+        "The number of pod IP assignments that found no available IP address",
+    ),
+    up(
+        "awscni_force_removed_ips",
+        Counter,
+        &[],
+        "The number of IPs force removed while they had assigned pods",
+    ),
+    up(
+        "awscni_force_removed_enis",
+        Counter,
+        &[],
+        "The number of ENIs force removed while they had assigned pods",
+    ),
+    up(
+        "awscni_ipamd_error_count",
+        Counter,
+        &["fn"],
+        "The number of errors encountered in ipamd",
+    ),
+    up(
+        "awscni_reconcile_count",
+        Counter,
+        &["fn"],
+        "The number of times ipamd reconciles on ENIs and IP/prefix addresses",
+    ),
+    up(
+        "awscni_ec2api_req_count",
+        Counter,
+        &["fn"],
+        "The number of requests made to EC2 APIs by CNI",
+    ),
+    up(
+        "awscni_ec2api_error_count",
+        Counter,
+        &["fn"],
+        "The number of failed EC2 APIs requests",
+    ),
+    up(
+        "awscni_aws_api_error_count",
+        Counter,
+        &["api", "error"],
+        "The number of times AWS API returns an error",
+    ),
+    up(
+        "awscni_aws_api_latency_ms",
+        Summary,
+        &["api"],
+        "AWS API call latency in ms (EC2 attempts; limiter wait excluded)",
+    ),
+    ours(
+        "awscni_max_pods",
+        Gauge,
+        &[],
+        "Max pods this node supports, as computed by ipamd",
+    ),
+    ours(
+        "awscni_free_ip_addresses",
+        Gauge,
+        &[],
+        "Addresses that can be assigned now (cooling ones excluded)",
+    ),
+    ours(
+        "awscni_cooling_ip_addresses",
+        Gauge,
+        &[],
+        "Released addresses still in their cooldown",
+    ),
+    ours(
+        "awscni_pending_add_requests",
+        Gauge,
+        &[],
+        "ADD requests waiting for the pool manager right now",
+    ),
+    ours(
+        "awscni_ready",
+        Gauge,
+        &[],
+        "1 once node initialisation is done and ipamd serves",
+    ),
+    ours(
+        "awscni_add_ip_no_address_count",
+        Counter,
+        &[],
+        "ADD requests answered without an address after waiting",
+    ),
+    ours(
+        "awscni_add_ip_wait_seconds",
+        Histogram,
+        &[],
+        "How long ADD requests that found the pool empty waited for an address",
+    ),
+    ours(
+        "awscni_pool_decisions",
+        Counter,
+        &["action", "reason"],
+        "Pool manager decisions by action and reason",
+    ),
+    ours(
+        "awscni_pool_passes",
+        Counter,
+        &[],
+        "Pool manager passes run",
+    ),
+    ours(
+        "awscni_prefix_fallbacks",
+        Counter,
+        &[],
+        "Prefix requests that fell back to secondary IPs",
+    ),
+    ours(
+        "awscni_ec2api_call_count",
+        Counter,
+        &["fn", "result"],
+        "EC2 attempts by operation and result (success or the AWS error code)",
+    ),
+    ours(
+        "awscni_ec2api_throttle_count",
+        Counter,
+        &["fn"],
+        "EC2 attempts that were throttled",
+    ),
+    ours(
+        "awscni_ec2api_retry_count",
+        Counter,
+        &["fn"],
+        "EC2 attempts that retried an earlier failure",
+    ),
+    ours(
+        "awscni_ec2api_latency_max_ms",
+        Gauge,
+        &["fn"],
+        "Slowest EC2 attempt so far, ms",
+    ),
+    ours(
+        "awscni_ec2_limiter_wait_seconds",
+        Counter,
+        &[],
+        "Total time EC2 calls waited for the client-side token bucket",
+    ),
+    ours(
+        "awscni_ec2_limiter_wait_max_seconds",
+        Gauge,
+        &[],
+        "Longest single wait for the token bucket",
+    ),
+    ours(
+        "awscni_ec2_limiter_tokens",
+        Counter,
+        &[],
+        "Tokens handed out by the EC2 token bucket",
+    ),
+    ours(
+        "awscni_ec2_limiter_qps",
+        Gauge,
+        &[],
+        "Configured sustained EC2 rate (AWS_VPC_CNI_EC2_QPS)",
+    ),
+    ours(
+        "awscni_ec2_limiter_burst",
+        Gauge,
+        &[],
+        "Configured EC2 burst (AWS_VPC_CNI_EC2_BURST)",
+    ),
 ];
 
 /// Process collector families (names as every Prometheus client exports them).
 pub const PROCESS_FAMILIES: &[FamilySpec] = &[
-    ours("process_cpu_seconds_total", Counter, &[], "Total user and system CPU time spent in seconds."),
-    ours("process_resident_memory_bytes", Gauge, &[], "Resident memory size in bytes."),
-    ours("process_virtual_memory_bytes", Gauge, &[], "Virtual memory size in bytes."),
-    ours("process_open_fds", Gauge, &[], "Number of open file descriptors."),
-    ours("process_max_fds", Gauge, &[], "Maximum number of open file descriptors."),
-    ours("process_start_time_seconds", Gauge, &[], "Start time of the process since unix epoch in seconds."),
-    ours("process_threads", Gauge, &[], "Number of OS threads in the process."),
+    ours(
+        "process_cpu_seconds_total",
+        Counter,
+        &[],
+        "Total user and system CPU time spent in seconds.",
+    ),
+    ours(
+        "process_resident_memory_bytes",
+        Gauge,
+        &[],
+        "Resident memory size in bytes.",
+    ),
+    ours(
+        "process_virtual_memory_bytes",
+        Gauge,
+        &[],
+        "Virtual memory size in bytes.",
+    ),
+    ours(
+        "process_open_fds",
+        Gauge,
+        &[],
+        "Number of open file descriptors.",
+    ),
+    ours(
+        "process_max_fds",
+        Gauge,
+        &[],
+        "Maximum number of open file descriptors.",
+    ),
+    ours(
+        "process_start_time_seconds",
+        Gauge,
+        &[],
+        "Start time of the process since unix epoch in seconds.",
+    ),
+    ours(
+        "process_threads",
+        Gauge,
+        &[],
+        "Number of OS threads in the process.",
+    ),
 ];
 
 fn spec(name: &str) -> Option<&'static FamilySpec> {
@@ -474,7 +719,11 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
     }
     b.value("awscni_no_available_ip_addresses", &[], c.add_waits as f64);
     b.value("awscni_force_removed_ips", &[], c.force_removed_ips as f64);
-    b.value("awscni_force_removed_enis", &[], c.force_removed_enis as f64);
+    b.value(
+        "awscni_force_removed_enis",
+        &[],
+        c.force_removed_enis as f64,
+    );
     b.value(
         "awscni_ipamd_error_count",
         &["poolManager"],
@@ -495,14 +744,22 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
                 b.value("awscni_aws_api_error_count", &[action, code], *n as f64);
                 b.value("awscni_ec2api_call_count", &[action, code], *n as f64);
             }
-            b.value("awscni_ec2api_call_count", &[action, "success"], s.ok as f64);
+            b.value(
+                "awscni_ec2api_call_count",
+                &[action, "success"],
+                s.ok as f64,
+            );
             b.summary(
                 "awscni_aws_api_latency_ms",
                 &[action],
                 s.attempts,
                 s.latency_total.as_secs_f64() * 1e3,
             );
-            b.value("awscni_ec2api_throttle_count", &[action], s.throttled as f64);
+            b.value(
+                "awscni_ec2api_throttle_count",
+                &[action],
+                s.throttled as f64,
+            );
             b.value("awscni_ec2api_retry_count", &[action], s.retries as f64);
             b.value(
                 "awscni_ec2api_latency_max_ms",
@@ -517,7 +774,11 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
     b.value("awscni_cooling_ip_addresses", &[], u(st.cooling()));
     b.value("awscni_pending_add_requests", &[], u(snap.pending));
     b.value("awscni_ready", &[], if snap.ready { 1.0 } else { 0.0 });
-    b.value("awscni_add_ip_no_address_count", &[], c.add_no_address as f64);
+    b.value(
+        "awscni_add_ip_no_address_count",
+        &[],
+        c.add_no_address as f64,
+    );
     b.histogram("awscni_add_ip_wait_seconds", &c.add_wait);
     for ((action, reason), n) in &c.pool_decisions {
         b.value("awscni_pool_decisions", &[action, reason], *n as f64);
@@ -776,8 +1037,13 @@ pub fn parse_text(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>),
         let (name, labels) = match series.split_once('{') {
             None => (series.to_owned(), BTreeMap::new()),
             Some((n, rest)) => {
-                let body = rest.strip_suffix('}').ok_or_else(|| bad("unclosed labels"))?;
-                (n.to_owned(), parse_labels(body).ok_or_else(|| bad("bad labels"))?)
+                let body = rest
+                    .strip_suffix('}')
+                    .ok_or_else(|| bad("unclosed labels"))?;
+                (
+                    n.to_owned(),
+                    parse_labels(body).ok_or_else(|| bad("bad labels"))?,
+                )
             }
         };
         samples.push(Sample {
@@ -821,5 +1087,333 @@ fn parse_labels(body: &str) -> Option<BTreeMap<String, String>> {
             }
         }
         out.insert(name.trim().to_owned(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::datastore::{Datastore, EniInfo, IpamKey, PodMeta};
+    use crate::pool::{Limits, ReleaseCidr};
+
+    fn sample<'a>(s: &'a [Sample], name: &str) -> Vec<&'a Sample> {
+        s.iter().filter(|x| x.name == name).collect()
+    }
+
+    fn encode(fams: &[MetricFamily]) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(fams, &mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// Prefix mode: prefixes, per-/28 assignments and the ×16 ip_max, from a datastore built by
+    /// hand.
+    #[test]
+    fn prefix_mode_families_match_the_datastore() {
+        let now = SystemTime::now();
+        let mut ds = Datastore::new(true, Duration::from_secs(30));
+        for (id, dev, ip) in [("eni-a", 0, "10.0.0.10"), ("eni-b", 1, "10.0.0.11")] {
+            ds.add_eni(
+                EniInfo {
+                    id: id.into(),
+                    mac: format!("02:00:00:00:00:0{dev}"),
+                    device_number: dev,
+                    is_primary: dev == 0,
+                    excluded: false,
+                    trunk: false,
+                    efa: false,
+                    subnet: "10.0.0.0/16".parse().unwrap(),
+                    primary_ip: ip.parse().unwrap(),
+                },
+                now,
+            );
+        }
+        ds.add_cidr("eni-a", "10.0.1.0/28".parse().unwrap())
+            .unwrap();
+        ds.add_cidr("eni-a", "10.0.1.16/28".parse().unwrap())
+            .unwrap();
+        ds.add_cidr("eni-b", "10.0.2.0/28".parse().unwrap())
+            .unwrap();
+        for i in 0..5 {
+            let meta = PodMeta {
+                namespace: "ns".into(),
+                name: format!("p{i}"),
+                interfaces_count: 1,
+            };
+            ds.assign(
+                &IpamKey::new("aws-cni", &format!("c{i}"), "eth0"),
+                meta,
+                now,
+            )
+            .unwrap();
+        }
+        let mut snap = Snapshot::from_datastore(&ds, now);
+        snap.limits = Limits {
+            ipv4_per_eni: 10,
+            max_enis: 3,
+            max_pods: 110,
+            unmanaged_enis: 0,
+            trunk_reserve: 0,
+        };
+        snap.max_enis = 3;
+        let text = encode(&awscni_families(&snap, &Extras::default(), "v1"));
+        let (s, _) = parse_text(&text).unwrap();
+        let one = |n: &str| sample(&s, n)[0].value;
+        let st = ds.stats(now);
+        assert_eq!(one("awscni_total_ipv4_prefixes"), 3.0);
+        assert_eq!(one("awscni_total_ip_addresses"), 48.0);
+        assert_eq!(one("awscni_total_ip_addresses"), st.total() as f64);
+        assert_eq!(one("awscni_assigned_ip_addresses"), 5.0);
+        assert_eq!(one("awscni_ip_max"), 3.0 * 9.0 * 16.0);
+        assert_eq!(one("awscni_eni_allocated"), 2.0);
+        let per_cidr: BTreeMap<String, f64> = sample(&s, "awscni_assigned_ip_per_cidr")
+            .iter()
+            .map(|x| (x.labels["cidr"].clone(), x.value))
+            .collect();
+        let want: BTreeMap<String, f64> = st
+            .enis
+            .iter()
+            .flat_map(|e| {
+                e.cidrs
+                    .iter()
+                    .map(|c| (c.net.to_string(), c.assigned as f64))
+            })
+            .collect();
+        assert_eq!(per_cidr, want);
+        assert_eq!(per_cidr.values().sum::<f64>(), 5.0);
+        let per_eni: BTreeMap<String, f64> = sample(&s, "awscni_assigned_ip_per_eni")
+            .iter()
+            .map(|x| (x.labels["eni"].clone(), x.value))
+            .collect();
+        assert_eq!(per_eni.values().sum::<f64>(), 5.0);
+        assert_eq!(per_eni.len(), 2);
+        // No EC2 sources: no EC2 families rather than zeros that would look like "no calls".
+        assert!(sample(&s, "awscni_ec2api_req_count").is_empty());
+        assert!(sample(&s, "awscni_ec2_limiter_tokens").is_empty());
+    }
+
+    #[test]
+    fn limiter_families_follow_the_bucket() {
+        let bucket = Arc::new(
+            TokenBucket::new(crate::limiter::LimiterSettings { qps: 7.5, burst: 3 }).unwrap(),
+        );
+        let ds = Datastore::new(false, Duration::from_secs(30));
+        let mut snap = Snapshot::from_datastore(&ds, SystemTime::now());
+        snap.max_enis = 1;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..5 {
+                bucket.acquire().await;
+            }
+        });
+        let extras = Extras {
+            ec2: None,
+            limiter: Some(bucket.clone()),
+        };
+        let (s, t) = parse_text(&encode(&awscni_families(&snap, &extras, "v"))).unwrap();
+        let one = |n: &str| sample(&s, n)[0].value;
+        let st = bucket.stats();
+        assert_eq!(one("awscni_ec2_limiter_tokens"), 5.0);
+        assert_eq!(one("awscni_ec2_limiter_qps"), 7.5);
+        assert_eq!(one("awscni_ec2_limiter_burst"), 3.0);
+        assert_eq!(
+            one("awscni_ec2_limiter_wait_seconds"),
+            st.waited_total.as_secs_f64()
+        );
+        assert!(one("awscni_ec2_limiter_wait_seconds") > 0.0);
+        assert_eq!(
+            one("awscni_ec2_limiter_wait_max_seconds"),
+            st.waited_max.as_secs_f64()
+        );
+        assert_eq!(t["awscni_ec2_limiter_tokens"], "counter");
+    }
+
+    #[test]
+    fn wait_histogram_is_cumulative() {
+        let h = WaitHistogram::default();
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(300));
+        h.observe(Duration::from_millis(300));
+        h.observe(Duration::from_secs(60));
+        let v = h.values();
+        assert_eq!(v.count, 4);
+        assert!((v.sum_seconds - 60.605).abs() < 1e-9);
+        // Buckets: 0.01 0.05 0.1 0.25 0.5 1 2 5 10 (+Inf = count).
+        assert_eq!(v.cumulative, [1, 1, 1, 1, 3, 3, 3, 3, 3]);
+        let mut b = Builder::default();
+        b.histogram("awscni_add_ip_wait_seconds", &v);
+        let (s, t) = parse_text(&encode(&b.families(FAMILIES))).unwrap();
+        assert_eq!(t["awscni_add_ip_wait_seconds"], "histogram");
+        let finite: Vec<f64> = s
+            .iter()
+            .filter(|x| {
+                x.name == "awscni_add_ip_wait_seconds_bucket"
+                    && x.labels.get("le").map(String::as_str) != Some("+Inf")
+            })
+            .map(|x| x.value)
+            .collect();
+        assert_eq!(finite, [1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0, 3.0]);
+        // An empty histogram still lists every bucket.
+        assert_eq!(
+            HistogramValues::default().cumulative.len(),
+            WAIT_BUCKETS.len()
+        );
+        let inf = s
+            .iter()
+            .find(|x| {
+                x.name == "awscni_add_ip_wait_seconds_bucket"
+                    && x.labels.get("le").map(String::as_str) == Some("+Inf")
+            })
+            .unwrap();
+        assert_eq!(inf.value, 4.0);
+    }
+
+    #[test]
+    fn pool_decisions_keep_counts_and_the_last_one() {
+        let d = PoolDecisions::default();
+        d.record(&Decision::default(), 0, false);
+        assert!(d.last().is_none());
+        let grow = Decision {
+            grow: vec![Grow::NewEni {
+                count: 9,
+                kind: crate::datastore::CidrKind::SecondaryIp,
+            }],
+            ..Decision::default()
+        };
+        d.record(&grow, 2, false);
+        d.record(&grow, 0, false);
+        d.record(&grow, 0, true);
+        let rel = Decision {
+            release: vec![ReleaseCidr {
+                eni: "eni-1".into(),
+                cidr: "10.0.0.5/32".parse().unwrap(),
+            }],
+            ..Decision::default()
+        };
+        d.record(&rel, 0, false);
+        let c = d.counts();
+        assert_eq!(c[&("grow", "pending_adds")], 1);
+        assert_eq!(c[&("grow", "below_target")], 1);
+        assert_eq!(c[&("grow_deferred", "insufficient_capacity_backoff")], 1);
+        assert_eq!(c[&("release", "above_target")], 1);
+        let last = d.last().unwrap();
+        assert_eq!((last.action, last.reason), ("release", "above_target"));
+        assert_eq!(last.detail, "10.0.0.5/32");
+    }
+
+    #[test]
+    fn del_reasons_are_bounded() {
+        let c = LabelCounter::default();
+        for i in 0..100 {
+            c.inc(&format!("r{i}"));
+        }
+        c.inc("r1");
+        let v = c.values();
+        assert_eq!(v.len(), 65);
+        assert_eq!(v["r1"], 2);
+        assert_eq!(v["other"], 36);
+    }
+
+    #[test]
+    fn process_stats_parse() {
+        // A command name with spaces and parentheses, as the kernel allows.
+        let stat = "4242 (ipamd (x) y) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 \
+                    7 0 123456 987654321 2048 18446744073709551615";
+        let status = "Name:\tipamd\nVmRSS:\t   20480 kB\nThreads:\t7\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1048576              1048576              files\n";
+        let proc_stat = "cpu  1 2 3\nbtime 1700000000\nprocesses 5\n";
+        let p = parse_process(stat, status, limits, proc_stat, 12).unwrap();
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.threads, 7);
+        assert_eq!(p.vsize_bytes, 987_654_321);
+        assert_eq!(p.rss_bytes, 20480 * 1024);
+        assert_eq!(p.open_fds, 12);
+        assert_eq!(p.max_fds, Some(1_048_576));
+        assert_eq!(p.start_time, 1_700_000_000.0 + 1234.56);
+        assert!(parse_process("garbage", "", "", proc_stat, 0).is_none());
+        assert!(parse_process(stat, status, limits, "no btime", 0).is_none());
+        // This very process.
+        let me = read_process().unwrap();
+        assert!(me.rss_bytes > 0 && me.threads >= 1 && me.open_fds >= 3);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(me.start_time <= now + 1.0 && me.start_time > now - 86_400.0);
+    }
+
+    #[test]
+    fn text_parser_handles_escapes_and_rejects_garbage() {
+        let (s, t) = parse_text(
+            "# HELP x y\n# TYPE x counter\nx{a=\"1\",b=\"q\\\"uo,te\"} 3\ny 4.5\nz{} +Inf\n",
+        )
+        .unwrap();
+        assert_eq!(t["x"], "counter");
+        assert_eq!(s[0].labels["b"], "q\"uo,te");
+        assert_eq!(s[0].value, 3.0);
+        assert_eq!(s[1].value, 4.5);
+        assert!(s[2].value.is_infinite());
+        assert!(parse_text("x{a=\"1\" 3").is_err());
+        assert!(parse_text("x abc").is_err());
+    }
+
+    /// docs/operations.md lists every metric we export.
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+        )
+        .unwrap();
+        for f in FAMILIES.iter().chain(PROCESS_FAMILIES) {
+            assert!(
+                doc.contains(&format!("`{}`", f.name)),
+                "{} undocumented",
+                f.name
+            );
+        }
+        for p in crate::introspect::PATHS {
+            assert!(doc.contains(&format!("`{p}`")), "{p} undocumented");
+        }
+    }
+
+    /// Every name the issue and operations.md §1 require is in the table with its kind.
+    #[test]
+    fn upstream_names_and_kinds() {
+        for (name, kind) in [
+            ("awscni_eni_max", Kind::Gauge),
+            ("awscni_ip_max", Kind::Gauge),
+            ("awscni_eni_allocated", Kind::Gauge),
+            ("awscni_total_ip_addresses", Kind::Gauge),
+            ("awscni_assigned_ip_addresses", Kind::Gauge),
+            ("awscni_total_ipv4_prefixes", Kind::Gauge),
+            ("awscni_assigned_ip_per_cidr", Kind::Gauge),
+            ("awscni_build_info", Kind::Gauge),
+            ("awscni_add_ip_req_count", Kind::Counter),
+            ("awscni_del_ip_req_count", Kind::Counter),
+            ("awscni_aws_api_latency_ms", Kind::Summary),
+            ("awscni_ec2api_req_count", Kind::Counter),
+            ("awscni_ec2api_error_count", Kind::Counter),
+            ("awscni_aws_api_error_count", Kind::Counter),
+            ("awscni_no_available_ip_addresses", Kind::Counter),
+            ("awscni_force_removed_ips", Kind::Counter),
+            ("awscni_force_removed_enis", Kind::Counter),
+            ("awscni_ipamd_error_count", Kind::Counter),
+            ("awscni_reconcile_count", Kind::Counter),
+        ] {
+            let s = spec(name).unwrap_or_else(|| panic!("{name} missing"));
+            assert_eq!(s.kind, kind, "{name}");
+            assert!(s.upstream, "{name}");
+        }
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len(), "duplicate family");
+        assert_eq!(descs(FAMILIES).len(), FAMILIES.len(), "invalid descriptor");
     }
 }

@@ -137,6 +137,8 @@ fn as_i64(v: usize) -> i64 {
 struct SimEni {
     /// Index into the plan (`None` for ENIs that already exist).
     planned: Option<usize>,
+    /// Can be the target of a fill step (false for new ENIs already in flight: no ID yet).
+    fillable: bool,
     id: EniId,
     device: u32,
     usable_for_pods: bool,
@@ -167,6 +169,7 @@ impl Sim {
                 .iter()
                 .map(|e| SimEni {
                     planned: None,
+                    fillable: true,
                     id: e.id.clone(),
                     device: e.device_number,
                     usable_for_pods: !e.excluded,
@@ -313,7 +316,10 @@ fn step(sim: &Sim, t: &PoolTargets, l: &Limits) -> Option<(Option<usize>, i64)> 
     }
     // Fill existing ENIs first, lowest device number first.
     let mut order: Vec<usize> = (0..sim.enis.len())
-        .filter(|&i| sim.enis[i].usable_for_pods && sim.enis[i].slots_used < slots)
+        .filter(|&i| {
+            let e = &sim.enis[i];
+            e.usable_for_pods && e.fillable && e.slots_used < slots
+        })
         .collect();
     order.sort_by_key(|&i| (sim.enis[i].planned.is_some(), sim.enis[i].device, i));
     if let Some(&i) = order.first() {
@@ -338,6 +344,7 @@ fn apply(sim: &mut Sim, target: Option<usize>, count: i64, plan: &mut Vec<Grow>,
             plan.push(Grow::NewEni { count: 0, kind });
             sim.enis.push(SimEni {
                 planned: Some(plan.len() - 1),
+                fillable: true,
                 id: String::new(),
                 device: u32::MAX,
                 usable_for_pods: true,
@@ -410,8 +417,35 @@ pub fn next_increase(input: &PoolInput<'_>) -> Option<Grow> {
 /// Our increase: upstream's step applied repeatedly on a simulated pool until it is no longer
 /// low (or nothing more fits), merged per ENI. Existing-ENI actions come first, then new ENIs.
 pub fn plan_increase(input: &PoolInput<'_>) -> Vec<Grow> {
+    plan_increase_with(input, &[])
+}
+
+/// [`plan_increase`] with growth already in flight (`incoming`: actions issued to EC2 that have
+/// not landed in the datastore yet). They count as done, so a new plan adds only what is still
+/// missing, and the daemon can attach the next ENI while earlier ones are still attaching.
+pub fn plan_increase_with(input: &PoolInput<'_>, incoming: &[Grow]) -> Vec<Grow> {
     let mut sim = Sim::new(input);
     let kind = kind_of(sim.pd);
+    let mut scratch = Vec::new();
+    for g in incoming {
+        match g {
+            Grow::Existing { eni, count, kind } => {
+                if let Some(i) = sim
+                    .enis
+                    .iter()
+                    .position(|e| e.planned.is_none() && e.id == *eni)
+                {
+                    apply(&mut sim, Some(i), i64::from(*count), &mut scratch, *kind);
+                }
+            }
+            Grow::NewEni { count, kind } => {
+                apply(&mut sim, None, i64::from(*count), &mut scratch, *kind);
+                if let Some(e) = sim.enis.last_mut() {
+                    e.fillable = false;
+                }
+            }
+        }
+    }
     let mut plan = Vec::new();
     // Each step adds at least one slot; the slot budget bounds the loop.
     let max_steps = (input.limits.eni_budget(input.targets).max(0) + 1)
@@ -667,8 +701,13 @@ pub struct Decision {
 /// Deficit first, releases last (ipam.md §14): grow if low; otherwise release CIDRs (when the
 /// decrease gate is open) and stray CIDRs, then free ENIs.
 pub fn decide(input: &PoolInput<'_>, release_gate_open: bool) -> Decision {
-    let grow = plan_increase(input);
-    if !grow.is_empty() || input.pending > 0 {
+    decide_with(input, release_gate_open, &[])
+}
+
+/// [`decide`] with growth in flight: nothing is released or deleted while any is.
+pub fn decide_with(input: &PoolInput<'_>, release_gate_open: bool, incoming: &[Grow]) -> Decision {
+    let grow = plan_increase_with(input, incoming);
+    if !grow.is_empty() || input.pending > 0 || !incoming.is_empty() {
         return Decision {
             grow,
             ..Decision::default()
@@ -1589,6 +1628,50 @@ mod tests {
         };
         // 6 free in the partial prefix, 14 spill into one new prefix, plus one free prefix.
         assert_eq!(plan_increase(&inp), vec![pfx("eni-0", 2)]);
+    }
+
+    #[test]
+    fn growth_in_flight_counts_as_done() {
+        let s = synth(false, &[(0, 9, 9, 0)]);
+        let tg = targets(1, 0, 0, 0, false);
+        let inp = PoolInput {
+            stats: &s,
+            targets: &tg,
+            limits: &M5_LARGE,
+            pending: 20,
+        };
+        assert_eq!(plan_increase_with(&inp, &[]), vec![new_ips(9), new_ips(9)]);
+        // One new ENI already attaching: only the second is planned, and it is not "filled".
+        assert_eq!(plan_increase_with(&inp, &[new_ips(9)]), vec![new_ips(9)]);
+        assert!(plan_increase_with(&inp, &[new_ips(9), new_ips(9)]).is_empty());
+        // In-flight fill of an existing ENI.
+        let s = synth(false, &[(0, 2, 2, 0)]);
+        let inp = PoolInput {
+            stats: &s,
+            targets: &tg,
+            limits: &M5_LARGE,
+            pending: 0,
+        };
+        assert_eq!(
+            plan_increase_with(&inp, &[]),
+            vec![ip("eni-0", 7), new_ips(9)]
+        );
+        assert_eq!(
+            plan_increase_with(&inp, &[ip("eni-0", 7)]),
+            vec![new_ips(9)]
+        );
+        // Nothing is released or deleted while growth is in flight.
+        let s = synth(false, &[(0, 9, 0, 0), (1, 9, 0, 0)]);
+        let tg = targets(1, 2, 0, 0, false);
+        let inp = PoolInput {
+            stats: &s,
+            targets: &tg,
+            limits: &M5_LARGE,
+            pending: 0,
+        };
+        assert!(!decide_with(&inp, true, &[]).release.is_empty());
+        let d = decide_with(&inp, true, &[ip("eni-0", 1)]);
+        assert!(d.release.is_empty() && d.delete_enis.is_empty() && d.grow.is_empty());
     }
 
     #[test]

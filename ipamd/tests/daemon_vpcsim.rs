@@ -328,3 +328,44 @@ async fn startup_deletes_own_available_enis_only() {
     assert_eq!(left.len(), 2);
     assert!(left.contains(&other_node.eni_id) && left.contains(&user.eni_id));
 }
+
+/// Measurement, not a check (run with `--ignored --nocapture`): 27 concurrent ADDs on a fresh
+/// m5.large with a 2 s emulated attach latency; prints wall time and EC2 calls per action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_fill_m5_large_attach_2s() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ipamd=info")
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::new(SimConfig {
+        attach_delay: Duration::from_secs(2),
+        ..SimConfig::default()
+    });
+    let core = start(&sim, dir.path(), &[("AWS_VPC_CNI_ADD_WAIT_MS", "20000")]).await;
+    let t0 = std::time::Instant::now();
+    core.pool_pass().await;
+    let initial = t0.elapsed();
+    let pm = tokio::spawn(core.clone().pool_manager());
+    let t1 = std::time::Instant::now();
+    let hs: Vec<_> = (0..27)
+        .map(|i| {
+            let c = core.clone();
+            tokio::spawn(async move { c.add(&key(i), &PodMeta::default()).await.unwrap() })
+        })
+        .collect();
+    let mut ok = 0;
+    for h in hs {
+        if matches!(h.await.unwrap(), AddOutcome::Assigned(_)) {
+            ok += 1;
+        }
+    }
+    let fill = t1.elapsed();
+    core.stop();
+    pm.await.unwrap();
+    eprintln!("initial fill: {initial:?}; 27 ADDs ({ok} ok) on the pool: {fill:?}");
+    for (action, c) in sim.counters() {
+        eprintln!("  {action}: {} calls", c.calls);
+    }
+}
