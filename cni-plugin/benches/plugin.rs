@@ -30,10 +30,16 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `cargo bench` passes --bench; under `cargo test --all-targets` run a 3-pod smoke only.
+    let default = if std::env::args().any(|a| a == "--bench") {
+        200
+    } else {
+        3
+    };
     let n: usize = std::env::var("BENCH_PODS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(default);
     let node = Node::new(Ipv4Addr::new(198, 18, 0, 0));
     // Quiet logging: measure the data path, not log I/O.
     let mut conf = node.conf("1.0.0");

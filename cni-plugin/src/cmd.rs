@@ -100,6 +100,8 @@ struct Ctx {
     mtu: u32,
     socket: PathBuf,
     state_dir: PathBuf,
+    /// `TRACEPARENT`/`TRACESTATE`/`BAGGAGE` from the environment, forwarded to ipamd.
+    trace: Vec<(String, String)>,
 }
 
 /// Runs one invocation.
@@ -291,6 +293,10 @@ fn parse(
         conf.state_dir.as_deref(),
         get(state::STATE_DIR_ENV).as_deref(),
     );
+    let trace = ["TRACEPARENT", "TRACESTATE", "BAGGAGE"]
+        .iter()
+        .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
+        .collect();
     Ok(Ctx {
         env,
         conf,
@@ -300,6 +306,7 @@ fn parse(
         mtu,
         socket,
         state_dir,
+        trace,
     })
 }
 
@@ -322,6 +329,17 @@ fn alloc_ip(m: &IpAllocationMetadata) -> Result<IpAddr, PluginError> {
 }
 
 impl Ctx {
+    fn ipamd(&self) -> Result<Ipamd, RpcError> {
+        Ipamd::connect(&self.socket).map(|c| c.with_trace_context(&|k| self.trace_env(k)))
+    }
+
+    fn trace_env(&self, k: &str) -> Option<String> {
+        self.trace
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+    }
+
     fn host_veth(&self) -> String {
         wiring::host_veth_name(
             &self.veth_prefix,
@@ -435,7 +453,7 @@ fn add(ctx: &Ctx) -> Result<Value, PluginError> {
     wiring::ensure_absent(&mut pod_nl, &pod_ns, &ctx.env.ifname)?;
 
     t.mark("netns");
-    let ipamd = Ipamd::connect(&ctx.socket).map_err(rpc_err)?;
+    let ipamd = ctx.ipamd().map_err(rpc_err)?;
     t.mark("connect");
     let pod = &ctx.env.pod;
     let reply = ipamd
@@ -509,7 +527,7 @@ fn add(ctx: &Ctx) -> Result<Value, PluginError> {
                 &[ip],
                 std::slice::from_ref(&host_veth),
                 &ctx.veth_prefix,
-                true,
+                wiring::Links::DeleteNamed,
             ) {
                 log!(Level::Warn, "rollback: {t}");
             }
@@ -583,11 +601,13 @@ fn del(ctx: &Ctx) -> Result<(), PluginError> {
         ips.extend(&s.ips);
         veths.push(s.host_veth.clone());
     }
-    ips.extend(&prev.ips);
     veths.extend(prev.host_veth.clone());
 
     let mut daemon_error = None;
-    match Ipamd::connect(&ctx.socket).and_then(|c| c.del(del_request(ctx, "PodDeleted"))) {
+    match ctx
+        .ipamd()
+        .and_then(|c| c.del(del_request(ctx, "PodDeleted")))
+    {
         Ok(r) if r.success => {
             for m in &r.ip_allocation_metadata {
                 match alloc_ip(m) {
@@ -608,11 +628,14 @@ fn del(ctx: &Ctx) -> Result<(), PluginError> {
         }
         Err(e) => {
             // ipamd down, hung, or a different build: tear down locally and report success,
-            // as upstream does; ipamd reconciles its datastore when it is back.
+            // as upstream does; ipamd reconciles its datastore when it is back. Only here is
+            // prevResult trusted for addresses: when ipamd answers, a cached result may be
+            // stale (a repeated DEL after the address went to another pod).
             log!(
                 Level::Warn,
                 "{e}; tearing down host state from local state / prevResult"
             );
+            ips.extend(&prev.ips);
         }
     }
 
@@ -630,7 +653,12 @@ fn del(ctx: &Ctx) -> Result<(), PluginError> {
     // the netns is gone or unknown, any host veth still around is deleted.
     let netns_alive = !ctx.env.netns.is_empty() && std::path::Path::new(&ctx.env.netns).exists();
     let mut host_nl = Netlink::open().map_err(PluginError::nl("open netlink"))?;
-    let res = wiring::teardown(&mut host_nl, &ips, &veths, &ctx.veth_prefix, !netns_alive);
+    let links = if netns_alive {
+        wiring::Links::Keep
+    } else {
+        wiring::Links::DeleteNamed
+    };
+    let res = wiring::teardown(&mut host_nl, &ips, &veths, &ctx.veth_prefix, links);
     t.mark("teardown");
     t.log();
     res?;
@@ -653,7 +681,7 @@ fn check(ctx: &Ctx) -> Result<(), PluginError> {
         .unwrap_or_default();
     let st = state::load(&ctx.state_file()).ok().flatten();
 
-    let ipamd = Ipamd::connect(&ctx.socket).map_err(rpc_err)?;
+    let ipamd = ctx.ipamd().map_err(rpc_err)?;
     let alloc = match ipamd.check_allocation(CheckAllocationRequest {
         network_name: ctx.network.clone(),
         container_id: ctx.env.container_id.clone(),
@@ -723,8 +751,9 @@ fn check(ctx: &Ctx) -> Result<(), PluginError> {
 // ---------------------------------------------------------------- STATUS
 
 fn status(ctx: &Ctx) -> Result<(), PluginError> {
-    let ipamd =
-        Ipamd::connect(&ctx.socket).map_err(|e| PluginError::NotAvailable(e.to_string()))?;
+    let ipamd = ctx
+        .ipamd()
+        .map_err(|e| PluginError::NotAvailable(e.to_string()))?;
     match ipamd.healthy() {
         Ok((true, _)) => Ok(()),
         Ok((false, s)) => Err(PluginError::NotAvailable(format!(
@@ -766,7 +795,7 @@ fn gc(ctx: &Ctx) -> Result<(), PluginError> {
         }
     }
 
-    match Ipamd::connect(&ctx.socket) {
+    match ctx.ipamd() {
         Err(e) => errors.push(e.to_string()),
         Ok(ipamd) => match ipamd.gc(GcRequest {
             network_name: ctx.network.clone(),
@@ -815,7 +844,7 @@ fn gc(ctx: &Ctx) -> Result<(), PluginError> {
             &stale_ips,
             &stale_veths,
             &ctx.veth_prefix,
-            true,
+            wiring::Links::DeleteNamedAndRouted,
         ) {
             errors.push(e.to_string());
         }
@@ -901,6 +930,20 @@ mod tests {
         let o = run_with(ADD_ENV, &big);
         assert_eq!(code(&o), 5);
         assert!(o.stdout.unwrap().contains("1 MiB"));
+        assert_eq!(
+            code(&run_with(
+                ADD_ENV,
+                r#"{"cniVersion":"1.0.0","name":"n","pluginLogFile":"stdout"}"#
+            )),
+            7
+        );
+        assert_eq!(
+            code(&run_with(
+                ADD_ENV,
+                r#"{"cniVersion":"1.0.0","name":"bad name"}"#
+            )),
+            7
+        );
         let mut check_env = ADD_ENV.to_vec();
         check_env[0] = ("CNI_COMMAND", "CHECK");
         assert_eq!(

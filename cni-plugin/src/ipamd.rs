@@ -81,6 +81,7 @@ pub struct Ipamd {
     rt: tokio::runtime::Runtime,
     channel: Channel,
     socket: PathBuf,
+    trace: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for Ipamd {
@@ -129,7 +130,24 @@ impl Ipamd {
             rt,
             channel,
             socket: socket.to_path_buf(),
+            trace: Vec::new(),
         })
+    }
+
+    /// W3C trace context to forward as gRPC metadata on every call: libcni exports
+    /// `TRACEPARENT`, `TRACESTATE` and `BAGGAGE` to plugins when a span is active, so a trace
+    /// can continue into ipamd. Non-ASCII values are dropped.
+    pub fn with_trace_context(mut self, get: &dyn Fn(&str) -> Option<String>) -> Self {
+        for (env, key) in [
+            ("TRACEPARENT", "traceparent"),
+            ("TRACESTATE", "tracestate"),
+            ("BAGGAGE", "baggage"),
+        ] {
+            if let Some(v) = get(env).filter(|v| !v.is_empty() && v.is_ascii()) {
+                self.trace.push((key, v));
+            }
+        }
+        self
     }
 
     fn call<T, F>(&self, method: &'static str, deadline: Duration, fut: F) -> Result<T, RpcError>
@@ -165,10 +183,15 @@ impl Ipamd {
         })
     }
 
-    fn req<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
+    fn req<T>(&self, msg: T, deadline: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         // Also tell the server, so it can give up on its side (grpc-timeout header).
         r.set_timeout(deadline);
+        for (k, v) in &self.trace {
+            if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_str()) {
+                r.metadata_mut().insert(*k, v);
+            }
+        }
         r
     }
 
@@ -178,7 +201,7 @@ impl Ipamd {
         self.call(
             "AddNetwork",
             ADD_DEADLINE,
-            c.add_network(Self::req(msg, ADD_DEADLINE)),
+            c.add_network(self.req(msg, ADD_DEADLINE)),
         )
     }
 
@@ -188,7 +211,7 @@ impl Ipamd {
         self.call(
             "DelNetwork",
             DEL_DEADLINE,
-            c.del_network(Self::req(msg, DEL_DEADLINE)),
+            c.del_network(self.req(msg, DEL_DEADLINE)),
         )
     }
 
@@ -201,7 +224,7 @@ impl Ipamd {
         self.call(
             "CheckAllocation",
             AUX_DEADLINE,
-            c.check_allocation(Self::req(msg, AUX_DEADLINE)),
+            c.check_allocation(self.req(msg, AUX_DEADLINE)),
         )
     }
 
@@ -211,7 +234,7 @@ impl Ipamd {
         self.call(
             "GarbageCollect",
             AUX_DEADLINE,
-            c.garbage_collect(Self::req(msg, AUX_DEADLINE)),
+            c.garbage_collect(self.req(msg, AUX_DEADLINE)),
         )
     }
 
@@ -224,7 +247,7 @@ impl Ipamd {
         let r = self.call(
             "Health/Check",
             STATUS_DEADLINE,
-            c.check(Self::req(msg, STATUS_DEADLINE)),
+            c.check(self.req(msg, STATUS_DEADLINE)),
         )?;
         let status = ServingStatus::try_from(r.status).unwrap_or(ServingStatus::Unknown);
         Ok((

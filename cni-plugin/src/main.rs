@@ -4,8 +4,8 @@ use std::io::Write;
 
 fn main() {
     let get = |k: &str| std::env::var(k).ok();
-    // A panic must still produce a CNI error document on stdout, never a bare backtrace.
-    std::panic::set_hook(Box::new(|_| {}));
+    // A panic must still produce a CNI error document on stdout (the default hook's message
+    // goes to stderr, which is fine: stderr is for logs).
     let outcome = std::panic::catch_unwind(|| aws_cni::cmd::run(&get, &mut std::io::stdin()))
         .unwrap_or_else(|p| {
             let what = p

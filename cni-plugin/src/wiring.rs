@@ -283,29 +283,80 @@ pub fn from_pod_rule(ip: IpAddr, table: u32) -> Rule {
     Rule::lookup(ip.is_ipv6(), table, FROM_POD_RULE_PRIO).from(host_net(ip))
 }
 
+/// How [`teardown`] treats veths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Leave every veth alone (DEL while the pod netns still exists).
+    Keep,
+    /// Delete the named host veths.
+    DeleteNamed,
+    /// Delete the named host veths and any veth with our prefix that a pod `/32` route points
+    /// at (GC: ipamd releases allocations whose pod name, hence veth name, we do not know).
+    DeleteNamedAndRouted,
+}
+
 /// Removes host state for `ips` (datapath.md §10), best effort, and reports every failure.
 ///
 /// - every prio-512 `to <ip>` rule and every prio-1536 `from <ip>` rule, whatever its table
 ///   (so it works without knowing the table: DEL with ipamd down and no `prevResult`);
 /// - the main-table `/32` route;
-/// - with `remove_links`: the host veths named in `host_veths`, plus the route's output link
-///   when it is a veth whose name starts with `veth_prefix`. Callers pass `false` when the pod
-///   netns still exists (see `cmd::del` for why).
+/// - veths as `links` says.
+///
+/// **Owner check:** when the `/32` route of an address points at another veth with our prefix
+/// (not in `host_veths`), the address has since been given to another pod — e.g. a repeated
+/// DEL with a stale cached `prevResult` after ipamd's cooldown — so its route and rules are
+/// left alone.
 pub fn teardown(
     host: &mut Netlink,
     ips: &[IpAddr],
     host_veths: &[String],
     veth_prefix: &str,
-    remove_links: bool,
+    links: Links,
 ) -> Result<(), PluginError> {
     let mut errors: Vec<String> = Vec::new();
     let mut veths: Vec<String> = host_veths.to_vec();
     for fam_v6 in [false, true] {
-        let fam_ips: Vec<IpAddr> = ips
+        let mut fam_ips: Vec<IpAddr> = ips
             .iter()
             .copied()
             .filter(|ip| ip.is_ipv6() == fam_v6)
             .collect();
+        if fam_ips.is_empty() {
+            continue;
+        }
+        let routes = match host.routes(fam_v6, Some(TABLE_MAIN)) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e.to_string());
+                Vec::new()
+            }
+        };
+        fam_ips.retain(|ip| {
+            for r in routes.iter().filter(|r| r.dst == host_net(*ip)) {
+                let Some(l) = r.oif.and_then(|oif| host.link_by_index(oif).ok().flatten()) else {
+                    continue;
+                };
+                let our_kind = l.kind.as_deref() == Some("veth")
+                    && !veth_prefix.is_empty()
+                    && l.name.starts_with(veth_prefix);
+                if !our_kind || host_veths.contains(&l.name) {
+                    continue;
+                }
+                if links == Links::DeleteNamedAndRouted {
+                    if !veths.contains(&l.name) {
+                        veths.push(l.name);
+                    }
+                } else {
+                    crate::log!(
+                        crate::log::Level::Warn,
+                        "{ip} now routes to {}, another pod's veth; leaving its host state alone",
+                        l.name
+                    );
+                    return false;
+                }
+            }
+            true
+        });
         if fam_ips.is_empty() {
             continue;
         }
@@ -324,22 +375,7 @@ pub fn teardown(
             }
             Err(e) => errors.push(e.to_string()),
         }
-        let routes = host.routes(fam_v6, Some(TABLE_MAIN)).unwrap_or_default();
         for ip in &fam_ips {
-            for r in routes.iter().filter(|r| r.dst == host_net(*ip)) {
-                if !remove_links {
-                    continue;
-                }
-                let link = r.oif.and_then(|oif| host.link_by_index(oif).ok().flatten());
-                if let Some(l) = link
-                    && l.kind.as_deref() == Some("veth")
-                    && !veth_prefix.is_empty()
-                    && l.name.starts_with(veth_prefix)
-                    && !veths.contains(&l.name)
-                {
-                    veths.push(l.name);
-                }
-            }
             let route = Route {
                 dst: host_net(*ip),
                 gateway: None,
@@ -353,7 +389,7 @@ pub fn teardown(
             }
         }
     }
-    if !remove_links {
+    if links == Links::Keep {
         veths.clear();
     }
     for v in veths {

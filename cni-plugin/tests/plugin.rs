@@ -393,6 +393,7 @@ fn runtime_without_pod_identity() {
     let conf = node.conf("1.0.0");
     let mut ips = Vec::new();
     let pods: Vec<Pod> = (0..2).map(|_| Pod::new("")).collect();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for p in &pods {
         let r = node
             .run(
@@ -401,6 +402,8 @@ fn runtime_without_pod_identity() {
                     ("CNI_CONTAINERID", &p.cid),
                     ("CNI_NETNS", &p.netns_path()),
                     ("CNI_IFNAME", "eth0"),
+                    // libcni exports the trace context; it is forwarded to ipamd.
+                    ("TRACEPARENT", tp),
                 ],
                 &conf.to_string(),
             )
@@ -408,6 +411,10 @@ fn runtime_without_pod_identity() {
             .json();
         ips.push(result_ip(&r));
     }
+    assert_eq!(
+        node.ipamd.state.lock().unwrap().last_traceparent.as_deref(),
+        Some(tp)
+    );
     let a = aws_cni::wiring::host_veth_name("eni", "", "", &pods[0].cid);
     let b = aws_cni::wiring::host_veth_name("eni", "", "", &pods[1].cid);
     let links = node.link_names();
@@ -476,4 +483,69 @@ fn ipv6_pod() {
     assert!(!node.ns.ip(&["-6", "route", "show"]).contains(&ip));
     drop(pod);
     assert_veth_gone(&node, &veth);
+}
+
+#[test]
+fn chained_add_appends_to_prev_result() {
+    require_root!();
+    let node = Node::new(Ipv4Addr::new(198, 18, 12, 0));
+    let pod = Pod::new("chained");
+    let mut conf = node.conf("1.0.0");
+    // A previous plugin in the chain reported one interface and one address.
+    conf["prevResult"] = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "net1", "sandbox": pod.netns_path()}],
+        "ips": [{"address": "192.0.2.9/24", "interface": 0}],
+        "dns": {"nameservers": ["192.0.2.53"]}
+    });
+    let res = node.cni("ADD", &pod, &conf).assert_ok().json();
+    assert_eq!(res["interfaces"].as_array().unwrap().len(), 3, "{res}");
+    assert_eq!(res["interfaces"][0]["name"], "net1");
+    assert_eq!(res["interfaces"][1]["name"], pod.host_veth().as_str());
+    assert_eq!(res["interfaces"][2]["name"], "eth0");
+    assert_eq!(res["ips"][0]["address"], "192.0.2.9/24");
+    assert_eq!(res["ips"][1]["interface"], 2, "{res}");
+    assert_eq!(res["dns"]["nameservers"][0], "192.0.2.53");
+    let ip = res["ips"][1]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_string();
+    assert_wired(&node, &pod, &ip, None);
+    // DEL with this result as prevResult finds our interface and address in it.
+    conf["prevResult"] = res;
+    node.cni("DEL", &pod, &conf).assert_ok();
+    assert_host_clean(&node, &ip);
+}
+
+#[test]
+fn stale_prev_result_spares_the_address_new_owner() {
+    require_root!();
+    let mut node = Node::new(Ipv4Addr::new(198, 18, 13, 0));
+    node.ipamd.state.lock().unwrap().table = 2;
+    let mut conf = node.conf("1.0.0");
+    let a = Pod::new("old-owner");
+    let res_a = node.cni("ADD", &a, &conf).assert_ok().json();
+    let ip = result_ip(&res_a);
+    conf["prevResult"] = res_a;
+    node.cni("DEL", &a, &conf).assert_ok();
+    // After the cooldown ipamd hands the same address to a new pod.
+    {
+        let mut st = node.ipamd.state.lock().unwrap();
+        st.used.clear();
+        st.next = 0;
+    }
+    let b = Pod::new("new-owner");
+    let plain = node.conf("1.0.0");
+    let res_b = node.cni("ADD", &b, &plain).assert_ok().json();
+    assert_eq!(result_ip(&res_b), ip, "the fake must reuse the address");
+    assert_wired(&node, &b, &ip, Some(2));
+    // The runtime repeats A's DEL with A's stale cached result: ipamd answers "unknown pod",
+    // so the stale addresses are not trusted and B keeps its wiring.
+    node.cni("DEL", &a, &conf).assert_ok();
+    assert_wired(&node, &b, &ip, Some(2));
+    // Same with ipamd down (prevResult is used then): the owner check spares B.
+    node.ipamd.stop();
+    node.cni("DEL", &a, &conf).assert_ok();
+    assert_wired(&node, &b, &ip, Some(2));
 }

@@ -166,6 +166,8 @@ pub struct Counters {
     pub add_wait: crate::metrics::WaitHistogram,
     /// Pool decisions by action and reason, and the last one.
     pub pool_decisions: crate::metrics::PoolDecisions,
+    /// Long-running actions in progress (`awscni_ipamd_action_inprogress`).
+    pub in_progress: crate::metrics::InProgress,
 }
 
 #[derive(Debug, Default)]
@@ -592,6 +594,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
     }
 
     async fn grow_existing(&self, eni: &str, count: u32, kind: CidrKind) -> Result<(), CloudError> {
+        let _busy = self.counters.in_progress.enter("increaseDatastorePool");
         let res = self.cloud.assign(eni, kind, count).await;
         let res = match res {
             Err(e)
@@ -644,6 +647,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
     }
 
     async fn grow_new(&self, count: u32, kind: CidrKind) -> Result<(), CloudError> {
+        let _busy = self.counters.in_progress.enter("increaseDatastorePool");
         lock(&self.state).creating += 1;
         let res = self.grow_new_inner(count, kind).await;
         lock(&self.state).creating -= 1;
@@ -716,6 +720,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
     }
 
     async fn release_cidrs(&self, list: Vec<pool::ReleaseCidr>) {
+        let _busy = self.counters.in_progress.enter("decreaseDatastorePool");
         let mut by_eni: HashMap<EniId, Vec<Ipv4Net>> = HashMap::new();
         {
             // Caches first, so a concurrent reconcile never re-adds them from IMDS.
@@ -750,6 +755,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
     }
 
     async fn delete_eni(&self, id: &str) {
+        let _busy = self.counters.in_progress.enter("decreaseDatastorePool");
         // Before removing it from the datastore: reconcile must not adopt it back from IMDS.
         lock(&self.state)
             .freed_enis
@@ -981,6 +987,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
         self.counters
             .reconcile_passes
             .fetch_add(1, Ordering::Relaxed);
+        let _busy = self.counters.in_progress.enter("nodeIPPoolReconcile");
         let mut forced = Vec::new();
         let imds = match self.cloud.interfaces().await {
             Ok(v) => v,
@@ -1780,6 +1787,7 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     let cloud = RealCloud::new(mgr, Imds::new(src), &inst.primary_mac);
     let core = Arc::new(Core::new(cfg, node, limits, ds, cloud, host));
     core.set_unmanaged(unmanaged);
+    let init_busy = core.counters.in_progress.enter("nodeInit");
     // Metrics and introspection from here on, so an operator can watch the start-up; kept
     // alive until `run` returns.
     let _observability = crate::introspect::start_servers(
@@ -1873,6 +1881,7 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     for r in &reporters {
         crate::rpc::set_health(r, true).await;
     }
+    drop(init_busy);
     core.set_ready();
     let stats = core.with_ds(|ds| ds.stats(SystemTime::now()));
     tracing::info!(

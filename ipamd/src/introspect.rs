@@ -68,6 +68,8 @@ pub struct CounterValues {
     pub pool_decisions: BTreeMap<(&'static str, &'static str), u64>,
     /// The last pool decision.
     pub last_decision: Option<LastDecision>,
+    /// Running instances per [`crate::metrics::ACTIONS`] entry.
+    pub in_progress: [usize; crate::metrics::ACTIONS.len()],
 }
 
 fn ld(a: &std::sync::atomic::AtomicUsize) -> u64 {
@@ -91,6 +93,7 @@ impl CounterValues {
             add_wait: c.add_wait.values(),
             pool_decisions: c.pool_decisions.counts(),
             last_decision: c.pool_decisions.last(),
+            in_progress: c.in_progress.values(),
         }
     }
 }
@@ -198,11 +201,13 @@ pub trait Observe: Send + Sync + 'static {
     fn config(&self) -> &Config;
 }
 
-/// The effective ENI limit: the instance type's, capped by `MAX_ENI`.
+/// The ENIs ipamd may use (upstream `awscni_eni_max`): the instance type's limit, capped by
+/// `MAX_ENI`, less the attached ENIs it must not manage.
 pub fn effective_max_enis(limits: &Limits, cfg: &Config) -> u32 {
     cfg.pool
         .max_eni
         .map_or(limits.max_enis, |m| m.min(limits.max_enis))
+        .saturating_sub(limits.unmanaged_enis)
 }
 
 impl<C: Cloud, H: Host> Observe for Core<C, H> {
@@ -1877,6 +1882,21 @@ mod tests {
         assert_eq!(e["WARM_ENI_TARGET"], "1");
         assert_eq!(e["AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG"], "false");
         assert_eq!(e["ENABLE_SUBNET_DISCOVERY"], "true");
+    }
+
+    #[test]
+    fn eni_limit_honours_max_eni_and_unmanaged_enis() {
+        let mut l = crate::daemon::tests::M5_LARGE;
+        let mut cfg = Config::default();
+        assert_eq!(effective_max_enis(&l, &cfg), 3);
+        cfg.pool.max_eni = Some(2);
+        assert_eq!(effective_max_enis(&l, &cfg), 2);
+        l.unmanaged_enis = 1;
+        assert_eq!(effective_max_enis(&l, &cfg), 1);
+        cfg.pool.max_eni = Some(9);
+        assert_eq!(effective_max_enis(&l, &cfg), 2);
+        l.unmanaged_enis = 5;
+        assert_eq!(effective_max_enis(&l, &cfg), 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `ipamd`: the node daemon. Configuration comes from upstream's environment variables (see
-//! docs/ipamd.md); there are no command-line flags besides `--version`.
+//! docs/ipamd.md); there are no command-line flags besides `--version`. `ipamd status` renders
+//! the introspection endpoint for an operator (docs/operations.md).
 
 use std::process::ExitCode;
 

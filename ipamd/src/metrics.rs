@@ -129,6 +129,54 @@ impl LabelCounter {
     }
 }
 
+/// Upstream's `awscni_ipamd_action_inprogress{fn}` functions.
+pub const ACTIONS: [&str; 4] = [
+    "nodeInit",
+    "increaseDatastorePool",
+    "decreaseDatastorePool",
+    "nodeIPPoolReconcile",
+];
+
+/// How many instances of each long-running action run right now (growth runs concurrently).
+#[derive(Debug, Default)]
+pub struct InProgress {
+    running: [std::sync::atomic::AtomicUsize; ACTIONS.len()],
+}
+
+/// Marks an action as running until dropped.
+#[derive(Debug)]
+pub struct InProgressGuard<'a> {
+    slot: Option<&'a std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for InProgressGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.slot {
+            s.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl InProgress {
+    /// Marks `action` (one of [`ACTIONS`]; others are ignored) as running until the guard drops.
+    pub fn enter(&self, action: &str) -> InProgressGuard<'_> {
+        let slot = ACTIONS
+            .iter()
+            .position(|a| *a == action)
+            .map(|i| &self.running[i]);
+        if let Some(s) = slot {
+            s.fetch_add(1, Ordering::Relaxed);
+        }
+        debug_assert!(slot.is_some(), "unknown action {action}");
+        InProgressGuard { slot }
+    }
+
+    /// Running count per action, in [`ACTIONS`] order.
+    pub fn values(&self) -> [usize; ACTIONS.len()] {
+        std::array::from_fn(|i| self.running[i].load(Ordering::Relaxed))
+    }
+}
+
 /// The last pool decision, for `/v1/pool` and `ipamd status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastDecision {
@@ -323,6 +371,12 @@ pub const FAMILIES: &[FamilySpec] = &[
         Gauge,
         &["version", "goversion"],
         "VPC CNI build information (goversion carries the Rust toolchain)",
+    ),
+    up(
+        "awscni_ipamd_action_inprogress",
+        Gauge,
+        &["fn"],
+        "The number of ipamd actions in progress",
     ),
     up(
         "awscni_add_ip_req_count",
@@ -711,6 +765,11 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
         b.value("awscni_assigned_ip_per_eni", &[&e.id], u(e.assigned()));
     }
     b.value("awscni_build_info", &[version, &toolchain()], 1.0);
+    for (action, running) in ACTIONS.iter().zip(snap.counters.in_progress) {
+        // Upstream's gauge is 1 while the action runs (ours may run a few growths at once).
+        let v = if running > 0 { 1.0 } else { 0.0 };
+        b.value("awscni_ipamd_action_inprogress", &[action], v);
+    }
 
     let c = &snap.counters;
     b.value("awscni_add_ip_req_count", &[], c.add_requests as f64);
@@ -1304,6 +1363,35 @@ mod tests {
         let last = d.last().unwrap();
         assert_eq!((last.action, last.reason), ("release", "above_target"));
         assert_eq!(last.detail, "10.0.0.5/32");
+    }
+
+    #[test]
+    fn in_progress_guards_count_and_release() {
+        let p = InProgress::default();
+        {
+            let _a = p.enter("increaseDatastorePool");
+            let _b = p.enter("increaseDatastorePool");
+            let _c = p.enter("nodeInit");
+            assert_eq!(p.values(), [1, 2, 0, 0]);
+        }
+        assert_eq!(p.values(), [0, 0, 0, 0]);
+        let ds = Datastore::new(false, Duration::from_secs(30));
+        let mut snap = Snapshot::from_datastore(&ds, SystemTime::now());
+        snap.counters.in_progress = [0, 3, 0, 1];
+        let (s, _) = parse_text(&encode(&awscni_families(&snap, &Extras::default(), "v"))).unwrap();
+        let got: BTreeMap<String, f64> = sample(&s, "awscni_ipamd_action_inprogress")
+            .iter()
+            .map(|x| (x.labels["fn"].clone(), x.value))
+            .collect();
+        assert_eq!(
+            got,
+            BTreeMap::from([
+                ("decreaseDatastorePool".to_owned(), 0.0),
+                ("increaseDatastorePool".to_owned(), 1.0),
+                ("nodeIPPoolReconcile".to_owned(), 1.0),
+                ("nodeInit".to_owned(), 0.0),
+            ])
+        );
     }
 
     #[test]

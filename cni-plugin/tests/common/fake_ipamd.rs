@@ -45,6 +45,8 @@ pub struct State {
     pub gcs: Vec<GcRequest>,
     /// When set, the only `ClientVersion` accepted (default: ours).
     pub required_version: Option<String>,
+    /// `traceparent` metadata of the last AddNetwork call.
+    pub last_traceparent: Option<String>,
     /// IPv6 mode: hand out addresses after this one instead of IPv4.
     pub v6_base: Option<std::net::Ipv6Addr>,
 }
@@ -77,9 +79,15 @@ impl CniBackend for Svc {
         &self,
         req: Request<AddNetworkRequest>,
     ) -> Result<Response<AddNetworkReply>, Status> {
+        let tp = req
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let r = req.into_inner();
         version_ok(&self.state, &r.client_version)?;
         let mut st = self.state.lock().unwrap();
+        st.last_traceparent = tp;
         st.adds.push(r.clone());
         let key = (r.network_name, r.container_id, r.if_name);
         if let Some(m) = st.allocs.get(&key) {

@@ -77,17 +77,17 @@ pub fn rules(ns: &str) -> anyhow::Result<Vec<(u64, String)>> {
         let mut s = String::new();
         let src = r["src"].as_str().unwrap_or("all");
         s.push_str(&format!("from {src}"));
-        if let Some(l) = r["srclen"].as_u64() {
-            if l != 32 {
-                s.push_str(&format!("/{l}"));
-            }
+        if let Some(l) = r["srclen"].as_u64()
+            && l != 32
+        {
+            s.push_str(&format!("/{l}"));
         }
         if let Some(d) = r["dst"].as_str() {
             s.push_str(&format!(" to {d}"));
-            if let Some(l) = r["dstlen"].as_u64() {
-                if l != 32 {
-                    s.push_str(&format!("/{l}"));
-                }
+            if let Some(l) = r["dstlen"].as_u64()
+                && l != 32
+            {
+                s.push_str(&format!("/{l}"));
             }
         }
         if let Some(m) = r["fwmark"].as_str() {

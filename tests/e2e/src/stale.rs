@@ -52,10 +52,11 @@ pub fn sweep(vpcsim: Option<&Path>) {
                 .filter_map(|kv| std::str::from_utf8(kv).ok())
                 .find_map(|kv| kv.strip_prefix(&marker))
                 .and_then(|v| v.parse::<i32>().ok());
-            if let Some(owner) = owner {
-                if owner != me as i32 && !pid_alive(owner) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
+            if let Some(owner) = owner
+                && owner != me as i32
+                && !pid_alive(owner)
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }
@@ -68,11 +69,12 @@ pub fn sweep(vpcsim: Option<&Path>) {
         let Some(name) = e.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if let Some((prefix, owner)) = owner_of(&name) {
-            if owner != me as i32 && !pid_alive(owner) {
-                dead.insert(prefix);
-                names.push(name);
-            }
+        if let Some((prefix, owner)) = owner_of(&name)
+            && owner != me as i32
+            && !pid_alive(owner)
+        {
+            dead.insert(prefix);
+            names.push(name);
         }
     }
     if let Some(vpcsim) = vpcsim {

@@ -226,10 +226,10 @@ impl Vpc {
 
 impl Drop for Vpc {
     fn drop(&mut self) {
-        if !self.down_done {
-            if let Err(e) = down(&self.vpcsim, &self.desc.prefix, &self.state_dir) {
-                eprintln!("e2e: {e:#}");
-            }
+        if !self.down_done
+            && let Err(e) = down(&self.vpcsim, &self.desc.prefix, &self.state_dir)
+        {
+            eprintln!("e2e: {e:#}");
         }
     }
 }

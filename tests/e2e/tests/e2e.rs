@@ -126,7 +126,7 @@ fn add_pods(c: &Cluster, node: usize, n: usize) -> Vec<Pod> {
 }
 
 /// The ENI of `enis` owning `ip` (as a secondary IP or inside a prefix).
-fn owner<'a>(enis: &'a [EniInfo], ip: Ipv4Addr) -> Option<&'a EniInfo> {
+fn owner(enis: &[EniInfo], ip: Ipv4Addr) -> Option<&EniInfo> {
     enis.iter()
         .find(|e| e.secondary_ips.contains(&ip) || e.prefixes.iter().any(|p| p.contains(&ip)))
 }
