@@ -147,14 +147,17 @@ say "pods: address, ENI and node (from ipamd's introspection API in each node)"
 printf '    %-7s %-6s %-15s %-24s %s\n' POD NODE ADDRESS ENI "DEVICE/TABLE" >&2
 for i in $(seq 1 "$PODS"); do
     pod="pod$i"; n=${POD_NODE[$pod]}; ip=${POD_IP[$pod]}
-    row=$(on "$n" curl -s -m 2 http://127.0.0.1:61679/v1/pods 2>/dev/null |
-        jq -r --arg ip "$ip" '[.[]? | select((.address // .Address // .ip // "") == $ip)][0] // {} | "\(.eni // .ENI // "?") \(.device_number // .DeviceNumber // "?")/\(.route_table // .RouteTableID // "?")"' 2>/dev/null || echo "? ?")
+    row=$(on "$n" curl -s -m 2 http://127.0.0.1:61679/v1/pods |
+        jq -r --arg ip "$ip" '[.[] | select(.IP == $ip)][0] | "\(.ENI) \(.DeviceNumber)/\(.RouteTableID)"')
     printf '    %-7s %-6s %-15s %s\n' "$pod" "$n" "$ip" "$row" >&2
 done
 for n in "${NODES[@]}"; do
-    enis=$(on "$n" ip -o link show | grep -c ' eth[0-9]*' || true)
-    info "$n: $enis ENI links in the node; ipamd pool: $(on "$n" curl -s -m 2 http://127.0.0.1:61679/v1/pool 2>/dev/null | jq -c '{free: (.free // .Free), assigned: (.assigned // .Assigned), max_pods: (.max_pods // .MaxPods)}' 2>/dev/null || echo '(introspection unavailable)')"
+    enis=$(on "$n" ip -o link show | grep -c ': eth[0-9]*@' || true)
+    info "$n: $enis ENI links; ipamd pool: $(on "$n" curl -s -m 2 http://127.0.0.1:61679/v1/pool | jq -c '{Total, Assigned, Free, Cooling, ENIs, MaxPods}')"
 done
+
+say "ipamd status on ${NODES[0]} (the operator CLI over the introspection API)"
+on "${NODES[0]}" "$BIN/ipamd" status | sed 's/^/    /' >&2
 
 # ---- 5. traffic -------------------------------------------------------------------------------
 say "connectivity"
@@ -205,9 +208,13 @@ for i in $(seq 1 "$PODS"); do
     on "$n" ip netns del "$pod"
 done
 for n in "${NODES[@]}"; do
-    left=$(on "$n" ip -o link show | grep -c ' eni[0-9a-f]*@' || true)
-    info "$n: $left pod veths left"
-    [ "$left" -eq 0 ] || fail=1
+    left=$(on "$n" ip -o link show | grep -o ' eni[0-9a-f]*@' | tr -d ' @' | tr '\n' ' ' || true)
+    rules=$(on "$n" ip rule | grep -cE '^(512|1536):' || true)
+    if [ -z "$left" ] && [ "$rules" -eq 0 ]; then
+        info "$n: no pod veth, route or rule left"
+    else
+        info "$n: LEFT BEHIND: veths [$left], $rules pod rules"; fail=1
+    fi
 done
 
 if [ "$fail" -ne 0 ]; then
