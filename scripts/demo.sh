@@ -208,7 +208,14 @@ for i in $(seq 1 "$PODS"); do
     on "$n" ip netns del "$pod"
 done
 for n in "${NODES[@]}"; do
-    left=$(on "$n" ip -o link show | grep -o ' eni[0-9a-f]*@' | tr -d ' @' | tr '\n' ' ' || true)
+    # Like upstream, DEL removes routes and rules and leaves the veth to die with the pod's
+    # namespace; the kernel destroys a deleted namespace's links asynchronously, so allow it a
+    # moment before calling a veth "left behind".
+    for _ in $(seq 1 30); do
+        left=$(on "$n" ip -o link show | grep -o ' eni[0-9a-f]*@' | tr -d ' @' | tr '\n' ' ' || true)
+        [ -z "$left" ] && break
+        sleep 0.1
+    done
     rules=$(on "$n" ip rule | grep -cE '^(512|1536):' || true)
     if [ -z "$left" ] && [ "$rules" -eq 0 ]; then
         info "$n: no pod veth, route or rule left"
