@@ -207,7 +207,9 @@ fn extension_messages() {
             }],
             client_version: s("v"),
         },
-        &[0x0a, 1, b'w', 0x12, 6, 0x0a, 1, b'c', 0x12, 1, b'e', 0x1a, 1, b'v'],
+        &[
+            0x0a, 1, b'w', 0x12, 6, 0x0a, 1, b'c', 0x12, 1, b'e', 0x1a, 1, b'v',
+        ],
     );
     check(
         ext::CheckAllocationReply {
