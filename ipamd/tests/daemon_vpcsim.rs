@@ -3,6 +3,8 @@
 //! a recording fake (no namespace, no root needed): this test checks the glue, not the datapath.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -14,11 +16,11 @@ use ipamd::daemon::{
     restore,
 };
 use ipamd::datastore::{EniInfo, IpamKey, PodMeta};
-use ipamd::ec2::{Ec2Settings, RetryPolicy, SdkEc2};
+use ipamd::ec2::SdkEc2;
 use ipamd::eni::{AssumeLinkPresent, Backoff, EniManager, EniSettings};
 use ipamd::hostnet::{PodRule, PodRuleReport};
 use ipamd::imds::{AwsImdsSource, Imds, ImdsSettings};
-use ipamd::limiter::{LimiterSettings, TokenBucket};
+use ipamd::limiter::LimiterSettings;
 use vpcsim::server::{Sim, SimConfig};
 
 #[derive(Default)]
@@ -77,32 +79,15 @@ async fn start_full(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]
     })
     .unwrap();
     let imds = Imds::new(src.clone());
-    let creds = aws_credential_types::Credentials::new("AKIDVPCSIM", "secret", None, None, "test");
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .credentials_provider(creds)
-        .region(aws_config::Region::new("us-west-2"))
-        .load()
-        .await;
-    let ec2 = SdkEc2::from_sdk_config(
-        &sdk,
-        &Ec2Settings {
-            region: "us-west-2".into(),
-            endpoint: Some(ep.ec2_url()),
-            http_timeout: Duration::from_secs(5),
-            retry: RetryPolicy {
-                max_attempts: 10,
-                base: Duration::from_millis(5),
-                max: Duration::from_millis(50),
-            },
+    let ec2 = common::vpcsim_ec2(
+        ep.ec2_url(),
+        common::fast_retry(),
+        LimiterSettings {
+            qps: 100.0,
+            burst: 100,
         },
-        Arc::new(
-            TokenBucket::new(LimiterSettings {
-                qps: 100.0,
-                burst: 100,
-            })
-            .unwrap(),
-        ),
-    );
+    )
+    .await;
     let meta = imds.instance().await.unwrap();
     let interfaces = imds.interfaces(&meta.primary_mac).await.unwrap();
     let primary = interfaces[0].clone();

@@ -2,18 +2,18 @@
 //! client and the real aws-sdk-ec2 client (SigV4-signed Query API).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipamd::ec2::{
-    AddressRequest, CreateEniRequest, Ec2Api, Ec2Settings, Filter, RetryPolicy, SdkEc2, Tags,
-};
+use ipamd::ec2::{AddressRequest, CreateEniRequest, Ec2Api, Filter, SdkEc2, Tags};
 use ipamd::eni::{
     AssumeLinkPresent, Backoff, EniError, EniManager, EniSettings, LeakedEniSweeper,
     TAG_CREATED_AT, TAG_INSTANCE_ID, TAG_NO_MANAGE, TAG_SUBNET_ROLE,
 };
 use ipamd::imds::{AwsImdsSource, Imds, ImdsSettings};
-use ipamd::limiter::{LimiterSettings, TokenBucket};
+use ipamd::limiter::LimiterSettings;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vpcsim::server::{LoopbackEndpoints, Sim, SimConfig};
@@ -49,26 +49,7 @@ async fn env_with(limiter: LimiterSettings, extra_subnets: &[(&str, &[(&str, &st
         })
         .unwrap(),
     );
-    let creds = aws_credential_types::Credentials::new("AKIDVPCSIM", "secret", None, None, "test");
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .credentials_provider(creds)
-        .region(aws_config::Region::new("us-west-2"))
-        .load()
-        .await;
-    let ec2 = SdkEc2::from_sdk_config(
-        &sdk,
-        &Ec2Settings {
-            region: "us-west-2".into(),
-            endpoint: Some(ep.ec2_url()),
-            http_timeout: Duration::from_secs(5),
-            retry: RetryPolicy {
-                max_attempts: 10,
-                base: Duration::from_millis(5),
-                max: Duration::from_millis(50),
-            },
-        },
-        Arc::new(TokenBucket::new(limiter).unwrap()),
-    );
+    let ec2 = common::vpcsim_ec2(ep.ec2_url(), common::fast_retry(), limiter).await;
     Env {
         sim,
         ep,

@@ -3,6 +3,8 @@
 //! HTTP client, plus the real `ipamd status` binary rendering them.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -10,11 +12,11 @@ use std::time::{Duration, SystemTime};
 
 use ipamd::config::Config;
 use ipamd::datastore::{Datastore, EniInfo, IpamKey, PodMeta};
-use ipamd::ec2::{Ec2Api, Ec2Settings, RetryPolicy, SdkEc2};
+use ipamd::ec2::{Ec2Api, RetryPolicy};
 use ipamd::introspect::{
     EniInfosJson, Observe, PodJson, PoolJson, Snapshot, effective_max_enis, http_get, start_servers,
 };
-use ipamd::limiter::{LimiterSettings, TokenBucket};
+use ipamd::limiter::LimiterSettings;
 use ipamd::metrics::{Extras, parse_text};
 use ipamd::pool::Limits;
 use vpcsim::server::{Sim, SimConfig};
@@ -76,32 +78,19 @@ async fn servers_scrape_real_ec2_counters_and_the_datastore() {
         .unwrap();
     let inst = sim.add_instance("m5.large", &subnet_id).unwrap();
     let ep = sim.serve_loopback().await.unwrap();
-    let creds = aws_credential_types::Credentials::new("AKIDVPCSIM", "secret", None, None, "t");
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .credentials_provider(creds)
-        .region(aws_config::Region::new("us-west-2"))
-        .load()
-        .await;
-    let ec2 = SdkEc2::from_sdk_config(
-        &sdk,
-        &Ec2Settings {
-            region: "us-west-2".into(),
-            endpoint: Some(ep.ec2_url()),
-            http_timeout: Duration::from_secs(5),
-            retry: RetryPolicy {
-                max_attempts: 3,
-                base: Duration::from_millis(5),
-                max: Duration::from_millis(20),
-            },
+    let ec2 = common::vpcsim_ec2(
+        ep.ec2_url(),
+        RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(5),
+            max: Duration::from_millis(20),
         },
-        Arc::new(
-            TokenBucket::new(LimiterSettings {
-                qps: 50.0,
-                burst: 2,
-            })
-            .unwrap(),
-        ),
-    );
+        LimiterSettings {
+            qps: 50.0,
+            burst: 2,
+        },
+    )
+    .await;
     let ips = ec2
         .assign_private_ips(&inst.primary_eni_id, 3)
         .await
