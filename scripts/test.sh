@@ -23,5 +23,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build (all binaries; end-to-end tests spawn them)"
 cargo build --workspace --bins
 
+# The README demo must run to completion in CI (issue 6). It runs before `cargo test` so that
+# cargo's summary stays the closing lines of the output.
+step "README demo (scripts/demo.sh)"
+bash scripts/demo.sh
+
 step "cargo test"
 cargo test --workspace --no-fail-fast
