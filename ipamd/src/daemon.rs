@@ -11,7 +11,7 @@
 //! *pending* (so the pool math sizes the increase by it) and waits, bounded by
 //! `AWS_VPC_CNI_ADD_WAIT_MS`, for "addresses added".
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use crate::datastore::{
     Assignment, CidrKind, Datastore, DsError, EniId, EniInfo, ForcedRelease, IpamKey, PodMeta,
 };
 use crate::ec2::{self, AddressRequest};
-use crate::eni::AttachedEni;
+use crate::eni::{AttachSlot, AttachedEni};
 use crate::hostnet::{PodRule, PodRuleReport};
 use crate::imds::EniMetadata;
 use crate::pool::{self, Grow, Limits, PoolInput};
@@ -46,6 +46,32 @@ pub const COALESCE: Duration = Duration::from_millis(20);
 pub const LEAKED_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 /// Rounds of re-planning inside one pool pass (each round re-reads the datastore).
 const POOL_ROUNDS: usize = 4;
+/// Burst look-ahead window before any ENI attach was measured (about EC2's usual attach time).
+const LOOKAHEAD_DEFAULT: Duration = Duration::from_secs(2);
+/// Bounds of the burst look-ahead window (a measured attach time outside is clamped).
+const LOOKAHEAD_MIN: Duration = Duration::from_secs(1);
+const LOOKAHEAD_MAX: Duration = Duration::from_secs(10);
+/// Assignment timestamps kept for the look-ahead (bounds memory at any ADD rate).
+const RECENT_ASSIGNS_CAP: usize = 4096;
+/// At most this often the pool manager returns freed heap memory to the kernel.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Returns free heap pages to the kernel. glibc keeps memory freed after a burst (thousands of
+/// short gRPC connections and checkpoint writes during a node fill) mapped in its arenas, where
+/// it counts as RSS although ipamd no longer uses it; `malloc_trim` releases it (the top of the
+/// heap and, since glibc 2.8, whole free pages inside it). Costs about a millisecond.
+#[cfg(target_env = "gnu")]
+fn release_free_memory() {
+    // SAFETY: `malloc_trim` takes no pointers and is thread-safe (it locks each arena).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other C libraries: nothing to do.
+#[cfg(not(target_env = "gnu"))]
+fn release_free_memory() {}
 
 /// Classification of a cloud failure, as far as the pool manager cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +123,26 @@ pub trait Cloud: Send + Sync + 'static {
         &self,
         addresses: AddressRequest,
     ) -> impl Future<Output = Result<AttachedEni, CloudError>> + Send;
+    /// Reads once what a growth round creating `n` ENIs at the same time needs (candidate
+    /// subnets, `n` distinct free device indexes); one slot per ENI, for
+    /// [`Cloud::create_eni_in`]. Default: nothing shared.
+    fn prepare_attach(&self, n: usize) -> impl Future<Output = Vec<AttachSlot>> + Send {
+        std::future::ready(vec![AttachSlot::default(); n])
+    }
+    /// [`Cloud::create_eni`] with a slot from [`Cloud::prepare_attach`]. Default: ignores it.
+    fn create_eni_in(
+        &self,
+        addresses: AddressRequest,
+        slot: AttachSlot,
+    ) -> impl Future<Output = Result<AttachedEni, CloudError>> + Send {
+        drop(slot);
+        self.create_eni(addresses)
+    }
+    /// Writes our ownership tags on managed ENIs. Default: nothing to tag.
+    fn top_up_tags(&self, ids: &[String]) -> impl Future<Output = Result<(), CloudError>> + Send {
+        let _ = ids;
+        std::future::ready(Ok(()))
+    }
     /// Add `count` secondary IPs (as /32) or prefixes to an ENI; returns the new CIDRs.
     fn assign(
         &self,
@@ -182,6 +228,10 @@ struct PoolState {
     next_grow_id: u64,
     unmanaged: BTreeSet<EniId>,
     last_error: Option<String>,
+    /// When recent new assignments happened (burst look-ahead), oldest first, bounded.
+    recent_assigns: VecDeque<Instant>,
+    /// How long the last new ENI took from create to usable (burst look-ahead window).
+    last_attach: Option<Duration>,
 }
 
 /// Identity and network facts of the node, read at start.
@@ -448,7 +498,11 @@ impl<C: Cloud, H: Host> Core<C, H> {
         let res = match ds.assign(key, meta.clone(), SystemTime::now()) {
             Ok(a) if a.existing => Ok(Some(a)),
             Ok(a) => match self.write_checkpoint(&ds) {
-                Ok(()) => Ok(Some(a)),
+                Ok(()) => {
+                    drop(ds);
+                    self.note_assigned();
+                    Ok(Some(a))
+                }
                 Err(e) => {
                     ds.rollback_assign(&a);
                     Err(e.into())
@@ -567,6 +621,51 @@ impl<C: Cloud, H: Host> Core<C, H> {
         out
     }
 
+    fn note_assigned(&self) {
+        let mut st = lock(&self.state);
+        if st.recent_assigns.len() >= RECENT_ASSIGNS_CAP {
+            st.recent_assigns.pop_front();
+        }
+        st.recent_assigns.push_back(Instant::now());
+    }
+
+    /// Burst look-ahead, in addresses, used only when the pool already has to attach a new ENI:
+    /// pods keep arriving during the seconds an attach takes, and sizing the growth by the
+    /// waiting ADDs alone (a kubelet has only a few ADDs in flight) attaches one ENI per attach
+    /// latency, one after another. So the plan also covers what pods will take while the new
+    /// ENIs attach: the addresses assigned during the last attach time (the lead-time demand of
+    /// a reorder point; the warm target is the safety stock). With constant pods it is zero, so
+    /// the warm targets keep their meaning; the max-pods and ENI limits still cap the plan, and
+    /// ENIs a burst did not need are released by the normal decrease path.
+    fn burst_lookahead(&self) -> usize {
+        let mut st = lock(&self.state);
+        let window = st
+            .last_attach
+            .unwrap_or(LOOKAHEAD_DEFAULT)
+            .clamp(LOOKAHEAD_MIN, LOOKAHEAD_MAX);
+        let now = Instant::now();
+        while st
+            .recent_assigns
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > LOOKAHEAD_MAX)
+        {
+            st.recent_assigns.pop_front();
+        }
+        let within = |d: Duration| {
+            st.recent_assigns
+                .iter()
+                .rev()
+                .take_while(|t| now.duration_since(**t) <= d)
+                .count()
+        };
+        // The window's count under-states a burst that was starved for part of it (ADDs wait
+        // while ENIs attach); the last second's rate, held for the whole attach time, does not.
+        let in_window = within(window);
+        let last_second = within(Duration::from_secs(1));
+        let at_peak_rate = (last_second as f64 * window.as_secs_f64()).ceil() as usize;
+        in_window.max(at_peak_rate)
+    }
+
     fn input_limits(&self) -> Limits {
         *lock(&self.limits)
     }
@@ -646,20 +745,31 @@ impl<C: Cloud, H: Host> Core<C, H> {
         Ok(())
     }
 
-    async fn grow_new(&self, count: u32, kind: CidrKind) -> Result<(), CloudError> {
+    async fn grow_new(
+        &self,
+        count: u32,
+        kind: CidrKind,
+        slot: AttachSlot,
+    ) -> Result<(), CloudError> {
         let _busy = self.counters.in_progress.enter("increaseDatastorePool");
         lock(&self.state).creating += 1;
-        let res = self.grow_new_inner(count, kind).await;
+        let res = self.grow_new_inner(count, kind, slot).await;
         lock(&self.state).creating -= 1;
         res
     }
 
-    async fn grow_new_inner(&self, count: u32, kind: CidrKind) -> Result<(), CloudError> {
+    async fn grow_new_inner(
+        &self,
+        count: u32,
+        kind: CidrKind,
+        slot: AttachSlot,
+    ) -> Result<(), CloudError> {
         let req = match kind {
             CidrKind::Prefix => AddressRequest::Prefixes(count),
             CidrKind::SecondaryIp => AddressRequest::Ips(count),
         };
-        let attached = match self.cloud.create_eni(req).await {
+        let started = Instant::now();
+        let attached = match self.cloud.create_eni_in(req, slot.clone()).await {
             Err(e)
                 if e.kind == CloudErrorKind::InsufficientCapacity && kind == CidrKind::Prefix =>
             {
@@ -676,11 +786,12 @@ impl<C: Cloud, H: Host> Core<C, H> {
                     "no free /28 for a new ENI; falling back to secondary IPs"
                 );
                 self.cloud
-                    .create_eni(AddressRequest::Ips(fb.count()))
+                    .create_eni_in(AddressRequest::Ips(fb.count()), slot)
                     .await?
             }
             other => other?,
         };
+        lock(&self.state).last_attach = Some(started.elapsed());
         let Some(primary_ip) = attached.info.primary_ip.or(attached.metadata.primary_ip()) else {
             return Err(CloudError::new(
                 CloudErrorKind::Other,
@@ -868,16 +979,27 @@ impl<C: Cloud, H: Host> Core<C, H> {
             let incoming: Vec<Grow> = st.inflight.values().cloned().collect();
             (gate, backoff, incoming)
         };
+        let pending = self.pending();
+        let mut lookahead = 0;
         let decision = {
             let ds = lock(&self.ds);
             let stats = ds.stats(SystemTime::now());
-            let input = PoolInput {
+            let mut input = PoolInput {
                 stats: &stats,
                 targets: &self.cfg.pool,
                 limits: &limits,
-                pending: self.pending(),
+                pending,
             };
-            pool::decide_with(&input, gate_open, &incoming)
+            let d = pool::decide_with(&input, gate_open, &incoming);
+            if d.grow.iter().any(|g| matches!(g, Grow::NewEni { .. })) {
+                lookahead = self.burst_lookahead();
+            }
+            if lookahead > 0 {
+                input.pending = pending + lookahead;
+                pool::decide_with(&input, gate_open, &incoming)
+            } else {
+                d
+            }
         };
         self.counters
             .pool_decisions
@@ -887,9 +1009,27 @@ impl<C: Cloud, H: Host> Core<C, H> {
                 tracing::debug!("pool low, but in insufficient-capacity back-off");
                 return Vec::new();
             }
-            tracing::info!(plan = ?decision.grow, pending = self.pending(), in_flight = incoming.len(), "growing pool");
+            tracing::info!(plan = ?decision.grow, pending, lookahead, in_flight = incoming.len(), "growing pool");
+            // Several new ENIs in one plan: read subnets and device indexes once for all of
+            // them and give each its own index, so they are created and attached concurrently
+            // without colliding (each still rolls back on its own failure).
+            let new_enis = decision
+                .grow
+                .iter()
+                .filter(|g| matches!(g, Grow::NewEni { .. }))
+                .count();
+            let mut slots = if new_enis > 1 {
+                self.cloud.prepare_attach(new_enis).await
+            } else {
+                Vec::new()
+            }
+            .into_iter();
             let mut tasks = Vec::new();
             for g in decision.grow {
+                let slot = match g {
+                    Grow::NewEni { .. } => slots.next().unwrap_or_default(),
+                    Grow::Existing { .. } => AttachSlot::default(),
+                };
                 let id = {
                     let mut st = lock(&self.state);
                     st.next_grow_id += 1;
@@ -903,7 +1043,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
                         Grow::Existing { eni, count, kind } => {
                             me.grow_existing(eni, *count, *kind).await
                         }
-                        Grow::NewEni { count, kind } => me.grow_new(*count, *kind).await,
+                        Grow::NewEni { count, kind } => me.grow_new(*count, *kind, slot).await,
                     };
                     lock(&me.state).inflight.remove(&id);
                     match r {
@@ -964,12 +1104,23 @@ impl<C: Cloud, H: Host> Core<C, H> {
 
     /// The pool manager: runs a pass when woken (ADD/DEL) or every [`POOL_TICK`], until stopped.
     pub async fn pool_manager(self: Arc<Self>) {
+        let mut last_trim = Instant::now();
         loop {
             if self.is_stopping() {
                 return;
             }
             // Do not wait for the growth it starts: each action wakes us when it lands.
-            drop(self.plan_and_start().await);
+            let started = self.plan_and_start().await;
+            if started.is_empty()
+                && self.growth_in_flight() == 0
+                && last_trim.elapsed() >= TRIM_INTERVAL
+            {
+                // The pool settled (e.g. after a burst of ADDs): hand the allocator's freed
+                // pages back to the kernel.
+                last_trim = Instant::now();
+                release_free_memory();
+            }
+            drop(started);
             let woken = tokio::time::timeout(POOL_TICK, self.wake_pool.notified())
                 .await
                 .is_ok();
@@ -1459,6 +1610,25 @@ impl<L: LinkProbe + 'static> Cloud for RealCloud<L> {
             .await
             .map_err(cloud_err)
     }
+    async fn top_up_tags(&self, ids: &[String]) -> Result<(), CloudError> {
+        self.mgr()?.top_up_tags(ids).await.map_err(cloud_err)
+    }
+    async fn prepare_attach(&self, n: usize) -> Vec<AttachSlot> {
+        match &self.mgr {
+            Some(m) => m.prepare_attach(n).await,
+            None => vec![AttachSlot::default(); n],
+        }
+    }
+    async fn create_eni_in(
+        &self,
+        addresses: AddressRequest,
+        slot: AttachSlot,
+    ) -> Result<AttachedEni, CloudError> {
+        self.mgr()?
+            .create_and_attach_in(addresses, slot)
+            .await
+            .map_err(cloud_err)
+    }
     async fn assign(
         &self,
         eni: &str,
@@ -1633,10 +1803,30 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
         .instance()
         .await
         .map_err(other("IMDS instance metadata"))?;
-    let interfaces = imds
-        .interfaces(&inst.primary_mac)
-        .await
-        .map_err(other("IMDS interfaces"))?;
+    let t_imds = Instant::now();
+    // Per-MAC IMDS reads concurrently (a 15-ENI node is ~100 small local HTTP reads), and the
+    // EC2 client set up meanwhile.
+    let ec2_client = async {
+        if cfg.enable_imds_only_mode {
+            return Ok(None);
+        }
+        let bucket = TokenBucket::new(LimiterSettings {
+            qps: cfg.ec2_qps,
+            burst: cfg.ec2_burst,
+        })
+        .map_err(other("EC2 rate limiter"))?;
+        let mut es = Ec2Settings::for_region(&inst.region);
+        if let Some(ep) = &cfg.ec2_endpoint {
+            es.endpoint.get_or_insert_with(|| ep.clone());
+        }
+        es.http_timeout = cfg.http_timeout;
+        Ok::<_, StartError>(Some(SdkEc2::connect(&es, Arc::new(bucket)).await))
+    };
+    let (interfaces, ec2_client) =
+        futures::join!(read_interfaces(&imds, &inst.primary_mac), ec2_client);
+    let interfaces = interfaces.map_err(other("IMDS interfaces"))?;
+    let ec2_client = ec2_client?;
+    let imds_ms = t_imds.elapsed().as_millis() as u64;
     let primary = interfaces
         .iter()
         .find(|m| m.mac.eq_ignore_ascii_case(&inst.primary_mac))
@@ -1661,20 +1851,7 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
 
     // EC2 counters and token bucket for the metrics endpoint (none in IMDS-only mode).
     let mut obs_extras = crate::metrics::Extras::default();
-    let mgr = if cfg.enable_imds_only_mode {
-        None
-    } else {
-        let bucket = TokenBucket::new(LimiterSettings {
-            qps: cfg.ec2_qps,
-            burst: cfg.ec2_burst,
-        })
-        .map_err(other("EC2 rate limiter"))?;
-        let mut es = Ec2Settings::for_region(&inst.region);
-        if let Some(ep) = &cfg.ec2_endpoint {
-            es.endpoint.get_or_insert_with(|| ep.clone());
-        }
-        es.http_timeout = cfg.http_timeout;
-        let ec2 = SdkEc2::connect(&es, Arc::new(bucket)).await;
+    let mgr = if let Some(ec2) = ec2_client {
         obs_extras.ec2 = Some(ec2.stats());
         obs_extras.limiter = Some(ec2.limiter());
         let mut s = EniSettings::new(
@@ -1694,8 +1871,11 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
             NetlinkLinkProbe,
             s,
         ))
+    } else {
+        None
     };
 
+    let t_ec2 = Instant::now();
     let card0: Vec<EniMetadata> = interfaces
         .iter()
         .filter(|m| m.network_card == 0)
@@ -1715,6 +1895,7 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
         None => None,
     };
     let mut unmanaged = BTreeSet::new();
+    let mut tag_enis: Vec<String> = Vec::new();
     if let (Some(m), Some(d)) = (&mgr, &described) {
         for e in d {
             let is_primary = card0
@@ -1725,17 +1906,13 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
                 unmanaged.insert(e.eni_id.clone());
             }
         }
-        let managed: Vec<String> = card0
+        tag_enis = card0
             .iter()
             .filter(|i| !unmanaged.contains(&i.eni_id))
             .map(|i| i.eni_id.clone())
             .collect();
-        if !cfg.disable_network_resource_provisioning
-            && let Err(e) = m.top_up_tags(&managed).await
-        {
-            tracing::warn!(error = %e, "cannot top up ENI tags");
-        }
     }
+    let ec2_ms = t_ec2.elapsed().as_millis() as u64;
     let (limits, mp) = limits_for(it, &cfg, unmanaged.len());
     tracing::info!(max_pods = mp.max_pods, detail = %mp.explain(), "node max pods");
     if let Err(e) = write_max_pods(&cfg.max_pods_file, mp.max_pods) {
@@ -1798,37 +1975,53 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     )
     .await;
 
-    // Host set-up: node first, then every secondary ENI (upstream retries each 5 × 10 s; an
-    // ENI whose link is slow is retried by reconcile later).
-    let h = core.host.clone();
-    tokio::task::spawn_blocking(move || h.setup_node())
-        .await
-        .map_err(other("host set-up task"))?
-        .map_err(|e| StartError::Other(format!("host set-up: {e}")))?;
-    let secondaries: Vec<EniInfo> =
-        core.with_ds(|ds| ds.enis().filter(|e| !e.is_primary).cloned().collect());
-    for e in secondaries {
-        let h = core.host.clone();
-        let id = e.id.clone();
-        match tokio::task::spawn_blocking(move || h.setup_eni(&e)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(eni = %id, error = %err, "ENI host set-up failed"),
-            Err(err) => tracing::warn!(eni = %id, error = %err, "ENI host set-up task failed"),
-        }
-    }
-
+    // Restore first: it only needs the host's link names. A restored allocation means pods
+    // wired by a previous run of ours still exist (their veth, or wired within the grace
+    // period): this is a daemon restart, not a fresh boot, and the kernel state that run set
+    // up (node sysctls and rules, each secondary ENI's address, table and rule, SNAT rules)
+    // survives a process restart. Then the host set-up below only re-applies what is already
+    // there, so it runs right after serving instead of before (restart-to-serving no longer
+    // grows with the ENI count); it is idempotent, and the reconcile loop re-applies the same
+    // state periodically anyway. On a fresh node (nothing restored) it runs before serving, as
+    // upstream, so no pod is ever wired through an ENI that is not set up yet.
+    let t_restore = Instant::now();
     let detaching = restore(&core, RESTORE_GRACE).await?;
-    core.finish_detaching(detaching).await;
-    if !core.cfg.disable_network_resource_provisioning {
-        match core.cloud.delete_own_available().await {
-            Ok(d) if !d.is_empty() => {
-                tracing::info!(enis = ?d, "deleted ENIs a previous run left detached")
+    let restore_ms = t_restore.elapsed().as_millis() as u64;
+    let restart = core.with_ds(|ds| ds.stats(SystemTime::now()).assigned()) > 0;
+    let host_fatal = Arc::new(Notify::new());
+    let deferred = if restart {
+        let c = core.clone();
+        let tag_enis = tag_enis.clone();
+        let fatal = host_fatal.clone();
+        Some(tokio::spawn(async move {
+            let _busy = c.counters.in_progress.enter("nodeInit");
+            let t = Instant::now();
+            if let Err(e) = host_setup(&c).await {
+                // As on a fresh start: a node we cannot set up is fatal (the supervisor
+                // restarts us); until then the previous run's state keeps pods working.
+                tracing::error!(error = %e, "host set-up after restart failed");
+                fatal.notify_one();
+                return;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot look for leftover ENIs"),
-        }
+            cleanup_leftovers(&c, &tag_enis).await;
+            tracing::info!(
+                ms = t.elapsed().as_millis() as u64,
+                "host set-up re-applied after restart"
+            );
+        }))
+    } else {
+        host_setup(&core).await?;
+        None
+    };
+    let t_repair = Instant::now();
+    core.finish_detaching(detaching).await;
+    if !restart {
+        cleanup_leftovers(&core, &tag_enis).await;
     }
+    // Before serving in both cases: the prune must not race an ADD whose rule the plugin is
+    // adding (it would remove it); one netlink dump and diff, cheap next to the rest.
     core.repair_pod_rules(true).await;
+    let repair_ms = t_repair.elapsed().as_millis() as u64;
     // Pre-scale: on a node without a single free address (fresh node) wait for the first fill
     // before serving, as upstream does; a restart with addresses serves at once and lets the
     // pool manager top up. The pass runs as its own task so that a slow EC2 never gets
@@ -1887,6 +2080,11 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     tracing::info!(
         socket = %core.cfg.ipamd_socket.display(),
         startup_ms = t0.elapsed().as_millis() as u64,
+        imds_ms,
+        ec2_ms,
+        restore_ms,
+        repair_ms,
+        host_setup_deferred = restart,
         enis = stats.enis.len(),
         total = stats.total(),
         assigned = stats.assigned(),
@@ -1895,7 +2093,13 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     let pm = tokio::spawn(core.clone().pool_manager());
     let rc = tokio::spawn(core.clone().reconcile_loop());
 
-    wait_for_signal().await;
+    let failed = tokio::select! {
+        () = wait_for_signal() => None,
+        () = host_fatal.notified() => Some(StartError::Other("host set-up after restart failed".into())),
+    };
+    if let Some(d) = deferred {
+        d.abort();
+    }
     tracing::info!("shutting down: NOT_SERVING, no more EC2 changes, finishing in-flight requests");
     for r in &reporters {
         crate::rpc::set_health(r, false).await;
@@ -1929,7 +2133,65 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     }
     let _ = std::fs::remove_file(&core.cfg.ipamd_socket);
     tracing::info!("ipamd stopped");
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// [`Imds::interfaces`] with the per-MAC reads issued concurrently.
+async fn read_interfaces(
+    imds: &Imds<AwsImdsSource>,
+    primary_mac: &str,
+) -> Result<Vec<EniMetadata>, crate::imds::ImdsError> {
+    let macs = imds.macs().await?;
+    let reads = macs.iter().map(|m| imds.interface(m, primary_mac));
+    let mut out = futures::future::try_join_all(reads).await?;
+    out.sort_by_key(|e| (e.network_card, e.device_number));
+    Ok(out)
+}
+
+/// Node set-up, then every secondary ENI's (upstream retries each 5 × 10 s; an ENI whose link
+/// is slow is retried by reconcile later). A node set-up failure is fatal.
+async fn host_setup<C: Cloud, H: Host>(core: &Arc<Core<C, H>>) -> Result<(), StartError> {
+    let h = core.host.clone();
+    tokio::task::spawn_blocking(move || h.setup_node())
+        .await
+        .map_err(other("host set-up task"))?
+        .map_err(|e| StartError::Other(format!("host set-up: {e}")))?;
+    let secondaries: Vec<EniInfo> =
+        core.with_ds(|ds| ds.enis().filter(|e| !e.is_primary).cloned().collect());
+    for e in secondaries {
+        let h = core.host.clone();
+        let id = e.id.clone();
+        match tokio::task::spawn_blocking(move || h.setup_eni(&e)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(eni = %id, error = %err, "ENI host set-up failed"),
+            Err(err) => tracing::warn!(eni = %id, error = %err, "ENI host set-up task failed"),
+        }
+    }
     Ok(())
+}
+
+/// Tops up our ownership tags on the managed ENIs found at start (`tag_enis`; the leaked-ENI
+/// sweep relies on them), and deletes `available` ENIs a previous run created and left behind
+/// (read-only when none).
+async fn cleanup_leftovers<C: Cloud, H: Host>(core: &Core<C, H>, tag_enis: &[String]) {
+    if core.cfg.disable_network_resource_provisioning {
+        return;
+    }
+    if !tag_enis.is_empty()
+        && let Err(e) = core.cloud.top_up_tags(tag_enis).await
+    {
+        tracing::warn!(error = %e, "cannot top up ENI tags");
+    }
+    match core.cloud.delete_own_available().await {
+        Ok(d) if !d.is_empty() => {
+            tracing::info!(enis = ?d, "deleted ENIs a previous run left detached")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot look for leftover ENIs"),
+    }
 }
 
 async fn wait_for_signal() {
@@ -2354,6 +2616,38 @@ pub(crate) mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(cp.allocations.len(), 12);
+    }
+
+    /// The same drained pool, once drained by ADDs just now and once by allocations the daemon
+    /// did not see being made: only recent demand makes the plan attach more than the warm ENI.
+    #[tokio::test]
+    async fn recent_demand_sizes_new_eni_growth() {
+        let mut enis = Vec::new();
+        for recent in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let c = core(dir.path(), &[], FakeCloud::with_primary(9)).await;
+            for i in 0..9 {
+                let k = key(&format!("c{i}"));
+                if recent {
+                    assert!(matches!(
+                        c.add(&k, &meta("p")).await.unwrap(),
+                        AddOutcome::Assigned(_)
+                    ));
+                } else {
+                    lock(&c.ds)
+                        .assign(&k, meta("p"), SystemTime::now())
+                        .unwrap();
+                }
+            }
+            // Nine in the last second, held for the default 2 s attach time.
+            assert_eq!(c.burst_lookahead(), if recent { 18 } else { 0 });
+            c.pool_pass().await;
+            enis.push(c.with_ds(|ds| ds.enis().count()));
+            assert_eq!(c.cloud().count("create"), enis[enis.len() - 1] - 1);
+        }
+        // Warm target alone: one new ENI. With the demand expected during an attach on top:
+        // more, up to the m5.large limit of three.
+        assert_eq!(enis, [3, 2]);
     }
 
     #[tokio::test]

@@ -207,6 +207,17 @@ pub struct AttachedEni {
     pub metadata: EniMetadata,
 }
 
+/// What one growth round read once for all the ENIs it creates (see
+/// [`EniManager::prepare_attach`]): the candidate subnets and a device index reserved for this
+/// ENI. `Default` = read everything per ENI (the single-ENI path).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachSlot {
+    /// Candidate subnets, best first (`None`: run subnet discovery for this ENI).
+    pub subnets: Option<Vec<String>>,
+    /// Device index to try first (`None`: read `DescribeInstances` first).
+    pub device_index: Option<u32>,
+}
+
 /// Why an ENI is not ours to manage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unmanaged {
@@ -256,6 +267,9 @@ pub struct EniManager<E, S, L> {
     imds: Imds<S>,
     link: L,
     settings: EniSettings,
+    /// Device indexes handed out by [`EniManager::prepare_attach`] whose attach has not
+    /// returned yet: EC2 does not show them, so a concurrent round must not pick them again.
+    reserved: std::sync::Arc<std::sync::Mutex<BTreeSet<u32>>>,
 }
 
 impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
@@ -266,7 +280,58 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
             imds,
             link,
             settings,
+            reserved: Default::default(),
         }
+    }
+
+    fn reserved(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
+        // Plain set of integers: a panic elsewhere cannot leave it inconsistent.
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads once, for a growth round that creates `n` ENIs at the same time, what each of them
+    /// would otherwise read on its own: the candidate subnets (`DescribeSubnets`) and the device
+    /// indexes in use (`DescribeInstances`), and reserves `n` distinct free indexes so that the
+    /// concurrent attaches do not collide. A failed read leaves that part to each ENI (the
+    /// per-ENI path, with its retry on a device-index conflict, still applies). `n ≤ 1` reads
+    /// nothing.
+    pub async fn prepare_attach(&self, n: usize) -> Vec<AttachSlot> {
+        if n <= 1 {
+            return vec![AttachSlot::default(); n];
+        }
+        let (subnets, attached) = futures::join!(
+            self.candidate_subnets(),
+            self.ec2.describe_instance_enis(&self.settings.instance_id)
+        );
+        let card = self.settings.network_card;
+        let indexes: Vec<Option<u32>> = match attached {
+            Ok(a) => {
+                let mut reserved = self.reserved();
+                let mut used: BTreeSet<u32> = a
+                    .iter()
+                    .filter(|x| x.network_card == card)
+                    .map(|x| x.device_index)
+                    .collect();
+                used.extend(reserved.iter().copied());
+                let free: Vec<u32> = (0..self.settings.max_device_index)
+                    .filter(|i| !used.contains(i))
+                    .take(n)
+                    .collect();
+                reserved.extend(free.iter().copied());
+                (0..n).map(|i| free.get(i).copied()).collect()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "DescribeInstances for a growth round failed; per ENI");
+                vec![None; n]
+            }
+        };
+        indexes
+            .into_iter()
+            .map(|device_index| AttachSlot {
+                subnets: Some(subnets.clone()),
+                device_index,
+            })
+            .collect()
     }
 
     /// The settings.
@@ -401,7 +466,34 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
         &self,
         addresses: AddressRequest,
     ) -> Result<AttachedEni, EniError> {
-        let subnets = self.candidate_subnets().await;
+        self.create_and_attach_in(addresses, AttachSlot::default())
+            .await
+    }
+
+    /// [`EniManager::create_and_attach`] with what a growth round already read
+    /// ([`EniManager::prepare_attach`]); releases the slot's device-index reservation.
+    pub async fn create_and_attach_in(
+        &self,
+        addresses: AddressRequest,
+        slot: AttachSlot,
+    ) -> Result<AttachedEni, EniError> {
+        let first = slot.device_index;
+        let r = self.create_and_attach_slot(addresses, slot).await;
+        if let Some(i) = first {
+            self.reserved().remove(&i);
+        }
+        r
+    }
+
+    async fn create_and_attach_slot(
+        &self,
+        addresses: AddressRequest,
+        slot: AttachSlot,
+    ) -> Result<AttachedEni, EniError> {
+        let subnets = match slot.subnets {
+            Some(s) => s,
+            None => self.candidate_subnets().await,
+        };
         if subnets.is_empty() {
             return Err(EniError::NoSubnet);
         }
@@ -439,13 +531,14 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
         };
         tracing::info!(eni = %eni.eni_id, subnet = %eni.subnet_id, "created ENI");
 
-        let (attachment_id, device_index) = match self.attach_free_index(&eni.eni_id).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.rollback(&eni.eni_id, None).await;
-                return Err(e);
-            }
-        };
+        let (attachment_id, device_index) =
+            match self.attach_free_index(&eni.eni_id, slot.device_index).await {
+                Ok(v) => v,
+                Err(e) => {
+                    self.rollback(&eni.eni_id, None).await;
+                    return Err(e);
+                }
+            };
         if let Err(e) = self
             .ec2
             .set_delete_on_termination(&eni.eni_id, &attachment_id)
@@ -473,27 +566,43 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
     /// Attach at the lowest free device index on our card; retry with a fresh view when another
     /// attach took the index first (EC2 answers `InvalidParameterValue` "... already has an
     /// interface attached at device index ...").
-    async fn attach_free_index(&self, eni_id: &str) -> Result<(String, u32), EniError> {
+    /// `first`: an index reserved by [`EniManager::prepare_attach`], tried without reading
+    /// `DescribeInstances`.
+    async fn attach_free_index(
+        &self,
+        eni_id: &str,
+        first: Option<u32>,
+    ) -> Result<(String, u32), EniError> {
         let card = self.settings.network_card;
         let mut taken_locally: BTreeSet<u32> = BTreeSet::new();
         let attempts = self.settings.attach_attempts.max(1);
         let mut last = None;
+        let mut first = first;
         for _ in 0..attempts {
-            let attached = self
-                .ec2
-                .describe_instance_enis(&self.settings.instance_id)
-                .await?;
-            let mut used: BTreeSet<u32> = attached
-                .iter()
-                .filter(|a| a.network_card == card)
-                .map(|a| a.device_index)
-                .collect();
-            used.extend(&taken_locally);
-            let Some(idx) = (0..self.settings.max_device_index).find(|i| !used.contains(i)) else {
-                return Err(EniError::NoFreeDeviceIndex {
-                    card,
-                    max: self.settings.max_device_index,
-                });
+            let idx = match first.take() {
+                Some(i) => i,
+                None => {
+                    let attached = self
+                        .ec2
+                        .describe_instance_enis(&self.settings.instance_id)
+                        .await?;
+                    let mut used: BTreeSet<u32> = attached
+                        .iter()
+                        .filter(|a| a.network_card == card)
+                        .map(|a| a.device_index)
+                        .collect();
+                    used.extend(&taken_locally);
+                    // Indexes other ENIs of this round hold but have not attached yet.
+                    used.extend(self.reserved().iter().copied());
+                    let Some(idx) = (0..self.settings.max_device_index).find(|i| !used.contains(i))
+                    else {
+                        return Err(EniError::NoFreeDeviceIndex {
+                            card,
+                            max: self.settings.max_device_index,
+                        });
+                    };
+                    idx
+                }
             };
             match self
                 .ec2
@@ -801,5 +910,117 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
         }
         sweeper.marked = still_marked;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ec2::{Ec2Settings, RetryPolicy, SdkEc2};
+    use crate::imds::{AwsImdsSource, ImdsSettings};
+    use crate::limiter::{LimiterSettings, TokenBucket};
+    use std::sync::Arc;
+    use vpcsim::server::{Sim, SimConfig};
+
+    /// A growth round of three ENIs against vpcsim (real SDK client over loopback HTTP): one
+    /// `DescribeSubnets` and one `DescribeInstances` for the round, three distinct device
+    /// indexes, no attach conflict, and the reservations released afterwards.
+    #[tokio::test]
+    async fn growth_round_reads_once_and_attaches_without_conflicts() {
+        let sim = Sim::new(SimConfig::default());
+        let subnet = sim
+            .add_subnet("10.0.0.0/24".parse().unwrap(), None, &[])
+            .unwrap();
+        let inst = sim.add_instance("m5.xlarge", &subnet).unwrap();
+        let ep = sim.serve_loopback().await.unwrap();
+        let imds = Imds::new(
+            AwsImdsSource::new(&ImdsSettings {
+                endpoint: Some(format!(
+                    "http://{}",
+                    ep.imds_for(&inst.instance_id).unwrap()
+                )),
+                ..ImdsSettings::default()
+            })
+            .unwrap(),
+        );
+        let creds = aws_credential_types::Credentials::new("AKID", "secret", None, None, "test");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .credentials_provider(creds)
+            .region(aws_config::Region::new("us-west-2"))
+            .load()
+            .await;
+        let ec2 = SdkEc2::from_sdk_config(
+            &sdk,
+            &Ec2Settings {
+                region: "us-west-2".into(),
+                endpoint: Some(ep.ec2_url()),
+                http_timeout: Duration::from_secs(5),
+                retry: RetryPolicy {
+                    max_attempts: 5,
+                    base: Duration::from_millis(5),
+                    max: Duration::from_millis(50),
+                },
+            },
+            Arc::new(
+                TokenBucket::new(LimiterSettings {
+                    qps: 1000.0,
+                    burst: 1000,
+                })
+                .unwrap(),
+            ),
+        );
+        let meta = imds.instance().await.unwrap();
+        let primary = imds
+            .interface(&meta.primary_mac, &meta.primary_mac)
+            .await
+            .unwrap();
+        let mut st = EniSettings::new(
+            &meta.instance_id,
+            primary.vpc_id.as_deref().unwrap_or_default(),
+            &meta.availability_zone,
+            &primary.subnet_id,
+        );
+        st.visible_wait = Backoff {
+            attempts: 40,
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        };
+        let m = EniManager::new(ec2.clone(), imds, AssumeLinkPresent, st);
+
+        let slots = m.prepare_attach(3).await;
+        let idx: Vec<Option<u32>> = slots.iter().map(|s| s.device_index).collect();
+        assert_eq!(idx, [Some(1), Some(2), Some(3)]);
+        assert!(
+            slots
+                .iter()
+                .all(|s| s.subnets.as_deref() == Some(&[subnet.clone()][..]))
+        );
+        // A concurrent round does not get the reserved indexes.
+        let other = m.prepare_attach(2).await;
+        assert_eq!(other[0].device_index, Some(4));
+        for s in &other {
+            m.reserved().remove(&s.device_index.unwrap());
+        }
+        let before = ec2.stats().snapshot();
+        let res = futures::future::join_all(
+            slots
+                .into_iter()
+                .map(|s| m.create_and_attach_in(AddressRequest::Ips(2), s)),
+        )
+        .await;
+        let mut got: Vec<u32> = res.into_iter().map(|r| r.unwrap().device_index).collect();
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 3]);
+        let after = ec2.stats().snapshot();
+        let delta = |k: &str| {
+            after.get(k).map_or(0, |s| s.attempts) - before.get(k).map_or(0, |s| s.attempts)
+        };
+        assert_eq!(delta("AttachNetworkInterface"), 3, "no conflict retries");
+        assert_eq!(delta("DescribeInstances"), 0, "indexes came from the round");
+        assert_eq!(delta("DescribeSubnets"), 0, "subnets came from the round");
+        assert!(m.reserved().is_empty());
+        // One ENI alone reads per ENI, as before.
+        assert_eq!(m.prepare_attach(1).await, vec![AttachSlot::default()]);
     }
 }

@@ -6,7 +6,28 @@ use std::process::ExitCode;
 
 use ipamd::config::Config;
 
+/// Caps glibc's malloc arenas at two. glibc gives every thread that meets contention its own
+/// arena (up to 8 × cores), each keeping its freed memory; ipamd's allocations are small and
+/// its threads few (2 workers + short-lived blocking threads), so extra arenas only hold
+/// fragmented, unreturned memory (RSS) without buying any speed.
+#[cfg(target_env = "gnu")]
+fn limit_malloc_arenas() {
+    // SAFETY: `mallopt` only changes allocator tunables; it is called first thing in `main`,
+    // before any other thread exists, with a valid parameter/value pair.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    if ok != 1 {
+        // Not fatal: only memory use differs.
+        eprintln!("ipamd: mallopt(M_ARENA_MAX) not applied");
+    }
+}
+
+/// Other C libraries have no arenas to cap.
+#[cfg(not(target_env = "gnu"))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("status") {
         return ipamd::introspect::status_main(&args[2..]);
@@ -32,6 +53,10 @@ fn main() -> ExitCode {
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Blocking work is short netlink/iptables/file calls; a few threads suffice, and each
+        // idle one costs a stack and, with glibc, possibly an arena.
+        .max_blocking_threads(8)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()
     {
