@@ -17,10 +17,9 @@ use ipamd::daemon::{
 };
 use ipamd::datastore::{EniInfo, IpamKey, PodMeta};
 use ipamd::ec2::SdkEc2;
-use ipamd::eni::{AssumeLinkPresent, Backoff, EniManager, EniSettings};
+use ipamd::eni::AssumeLinkPresent;
 use ipamd::hostnet::{PodRule, PodRuleReport};
-use ipamd::imds::{AwsImdsSource, Imds, ImdsSettings};
-use ipamd::limiter::LimiterSettings;
+use ipamd::imds::Imds;
 use vpcsim::server::{Sim, SimConfig};
 
 #[derive(Default)]
@@ -65,47 +64,16 @@ async fn start(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> 
 }
 
 async fn start_full(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> Started {
-    let subnet = sim
-        .add_subnet("10.0.0.0/24".parse().unwrap(), None, &[])
-        .unwrap();
-    let inst = sim.add_instance("m5.large", &subnet).unwrap();
-    let ep = sim.serve_loopback().await.unwrap();
-    let src = AwsImdsSource::new(&ImdsSettings {
-        endpoint: Some(format!(
-            "http://{}",
-            ep.imds_for(&inst.instance_id).unwrap()
-        )),
-        ..ImdsSettings::default()
-    })
-    .unwrap();
-    let imds = Imds::new(src.clone());
-    let ec2 = common::vpcsim_ec2(
-        ep.ec2_url(),
-        common::fast_retry(),
-        LimiterSettings {
-            qps: 100.0,
-            burst: 100,
-        },
-    )
-    .await;
-    let meta = imds.instance().await.unwrap();
-    let interfaces = imds.interfaces(&meta.primary_mac).await.unwrap();
+    let common::VpcsimNode {
+        subnet,
+        src,
+        meta,
+        interfaces,
+        ec2,
+        mgr,
+        ..
+    } = common::vpcsim_node(sim).await;
     let primary = interfaces[0].clone();
-    let mut st = EniSettings::new(
-        &meta.instance_id,
-        primary.vpc_id.as_deref().unwrap_or_default(),
-        &meta.availability_zone,
-        &primary.subnet_id,
-    );
-    st.security_groups = primary.security_groups.clone();
-    let fast = Backoff {
-        attempts: 40,
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-    };
-    st.visible_wait = fast;
-    st.delete_retry = fast;
-    let mgr = EniManager::new(ec2.clone(), Imds::new(src.clone()), AssumeLinkPresent, st);
 
     let mut m: HashMap<String, String> = vars
         .iter()

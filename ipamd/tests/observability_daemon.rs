@@ -18,11 +18,9 @@ use ipamd::daemon::{
     Cloud, Core, Host, NodeInfo, RESTORE_GRACE, RealCloud, build_datastore, limits_for, restore,
 };
 use ipamd::datastore::EniInfo;
-use ipamd::eni::{AssumeLinkPresent, Backoff, EniManager, EniSettings};
 use ipamd::hostnet::{PodRule, PodRuleReport};
-use ipamd::imds::{AwsImdsSource, Imds, ImdsSettings};
+use ipamd::imds::Imds;
 use ipamd::introspect::{EniInfosJson, PoolJson, http_get, start_servers};
-use ipamd::limiter::LimiterSettings;
 use ipamd::metrics::{Extras, parse_text};
 use ipamd::rpc::Services;
 use tonic::Request;
@@ -66,47 +64,15 @@ fn add(c: &str) -> AddNetworkRequest {
 async fn real_core_metrics_match_datastore_and_ec2() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::new(SimConfig::default());
-    let subnet = sim
-        .add_subnet("10.0.0.0/24".parse().unwrap(), None, &[])
-        .unwrap();
-    let inst = sim.add_instance("m5.large", &subnet).unwrap();
-    let ep = sim.serve_loopback().await.unwrap();
-    let src = AwsImdsSource::new(&ImdsSettings {
-        endpoint: Some(format!(
-            "http://{}",
-            ep.imds_for(&inst.instance_id).unwrap()
-        )),
-        ..ImdsSettings::default()
-    })
-    .unwrap();
-    let imds = Imds::new(src.clone());
-    let ec2 = common::vpcsim_ec2(
-        ep.ec2_url(),
-        common::fast_retry(),
-        LimiterSettings {
-            qps: 100.0,
-            burst: 100,
-        },
-    )
-    .await;
-    let meta = imds.instance().await.unwrap();
-    let interfaces = imds.interfaces(&meta.primary_mac).await.unwrap();
+    let common::VpcsimNode {
+        src,
+        meta,
+        interfaces,
+        ec2,
+        mgr,
+        ..
+    } = common::vpcsim_node(&sim).await;
     let primary = interfaces[0].clone();
-    let mut st = EniSettings::new(
-        &meta.instance_id,
-        primary.vpc_id.as_deref().unwrap_or_default(),
-        &meta.availability_zone,
-        &primary.subnet_id,
-    );
-    st.security_groups = primary.security_groups.clone();
-    let fast = Backoff {
-        attempts: 40,
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-    };
-    st.visible_wait = fast;
-    st.delete_retry = fast;
-    let mgr = EniManager::new(ec2.clone(), Imds::new(src.clone()), AssumeLinkPresent, st);
     let sock = format!("unix:{}", dir.path().join("introspect.sock").display());
     let vars: HashMap<String, String> = [
         (

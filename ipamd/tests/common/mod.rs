@@ -36,3 +36,86 @@ pub fn fast_retry() -> RetryPolicy {
         max: Duration::from_millis(50),
     }
 }
+
+/// One m5.large instance in a fresh /24 of `sim`, served on loopback, with the real IMDS and
+/// EC2 clients and an ENI manager with fast waits: what a daemon core needs to run against it.
+pub struct VpcsimNode {
+    /// The loopback endpoints of `sim`.
+    pub ep: vpcsim::LoopbackEndpoints,
+    /// The instance.
+    pub inst: vpcsim::InstanceInfo,
+    /// Its subnet.
+    pub subnet: String,
+    /// IMDS source for the instance.
+    pub src: ipamd::imds::AwsImdsSource,
+    /// IMDS client over `src`.
+    pub imds: ipamd::imds::Imds<ipamd::imds::AwsImdsSource>,
+    /// The instance's metadata, read through IMDS.
+    pub meta: ipamd::imds::InstanceMetadata,
+    /// Its interfaces as IMDS shows them, the primary ENI first.
+    pub interfaces: Vec<ipamd::imds::EniMetadata>,
+    /// EC2 client (100 QPS, burst 100, fast retries).
+    pub ec2: SdkEc2,
+    /// ENI manager in the instance's subnet and security groups.
+    pub mgr:
+        ipamd::eni::EniManager<SdkEc2, ipamd::imds::AwsImdsSource, ipamd::eni::AssumeLinkPresent>,
+}
+
+/// Builds a [`VpcsimNode`].
+pub async fn vpcsim_node(sim: &Arc<vpcsim::Sim>) -> VpcsimNode {
+    use ipamd::eni::{AssumeLinkPresent, Backoff, EniManager, EniSettings};
+    use ipamd::imds::{AwsImdsSource, Imds, ImdsSettings};
+
+    let subnet = sim
+        .add_subnet("10.0.0.0/24".parse().unwrap(), None, &[])
+        .unwrap();
+    let inst = sim.add_instance("m5.large", &subnet).unwrap();
+    let ep = sim.serve_loopback().await.unwrap();
+    let src = AwsImdsSource::new(&ImdsSettings {
+        endpoint: Some(format!(
+            "http://{}",
+            ep.imds_for(&inst.instance_id).unwrap()
+        )),
+        ..ImdsSettings::default()
+    })
+    .unwrap();
+    let imds = Imds::new(src.clone());
+    let ec2 = vpcsim_ec2(
+        ep.ec2_url(),
+        fast_retry(),
+        LimiterSettings {
+            qps: 100.0,
+            burst: 100,
+        },
+    )
+    .await;
+    let meta = imds.instance().await.unwrap();
+    let interfaces = imds.interfaces(&meta.primary_mac).await.unwrap();
+    let primary = interfaces[0].clone();
+    let mut st = EniSettings::new(
+        &meta.instance_id,
+        primary.vpc_id.as_deref().unwrap_or_default(),
+        &meta.availability_zone,
+        &primary.subnet_id,
+    );
+    st.security_groups = primary.security_groups.clone();
+    let fast = Backoff {
+        attempts: 40,
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    st.visible_wait = fast;
+    st.delete_retry = fast;
+    let mgr = EniManager::new(ec2.clone(), Imds::new(src.clone()), AssumeLinkPresent, st);
+    VpcsimNode {
+        ep,
+        inst,
+        subnet,
+        src,
+        imds,
+        meta,
+        interfaces,
+        ec2,
+        mgr,
+    }
+}
