@@ -179,15 +179,34 @@ fn bad_filter(name: &str) -> ApiError {
     ApiError::invalid_value(format!("The filter '{name}' is invalid"))
 }
 
+/// Whether an object passes every filter of a Describe call: EC2 ANDs the filters and ORs the
+/// values within one. Tag filters (`tag:<key>`, `tag-key`, `tag-value`) are answered from
+/// `tags` for object types that have tags; `field` answers the type's own filter names and
+/// returns `None` for a name it does not know, which EC2 rejects.
+fn passes(
+    filters: &[(String, Vec<String>)],
+    tags: Option<&BTreeMap<String, String>>,
+    field: impl Fn(&str, &[String]) -> Option<bool>,
+) -> ApiResult<bool> {
+    for (name, values) in filters {
+        let hit = match tags.and_then(|t| tag_filter(name, values, t)) {
+            Some(b) => b,
+            None => field(name, values).ok_or_else(|| bad_filter(name))?,
+        };
+        if !hit {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 // ------------------------------------------------------------------------- ENIs
 
-fn eni_filter(m: &Model, e: &Eni, name: &str, values: &[String]) -> ApiResult<bool> {
-    if let Some(b) = tag_filter(name, values, &e.tags) {
-        return Ok(b);
-    }
+/// The ENI's own Describe filters (tags are handled by [`passes`]); `None` for an unknown name.
+fn eni_filter(m: &Model, e: &Eni, name: &str, values: &[String]) -> Option<bool> {
     let att = e.attachment.as_ref();
     let matches = |s: &str| any_glob(values, s);
-    Ok(match name {
+    Some(match name {
         "network-interface-id" => matches(&e.id),
         "status" => matches(e.status()),
         "vpc-id" => matches(&m.vpc_id),
@@ -213,7 +232,7 @@ fn eni_filter(m: &Model, e: &Eni, name: &str, values: &[String]) -> ApiResult<bo
         "attachment.instance-owner-id" => att.is_some() && matches(&m.config().account_id),
         "requester-managed" => matches("false"),
         "source-dest-check" => matches(&e.source_dest_check.to_string()),
-        _ => return Err(bad_filter(name)),
+        _ => return None,
     })
 }
 
@@ -299,14 +318,7 @@ fn describe_network_interfaces(
         if (!ids.is_empty() && !ids.contains(&e.id)) || hidden(e) {
             continue;
         }
-        let mut ok = true;
-        for (name, values) in &filters {
-            if !eni_filter(m, e, name, values)? {
-                ok = false;
-                break;
-            }
-        }
-        if ok {
+        if passes(&filters, Some(&e.tags), |n, v| eni_filter(m, e, n, v))? {
             items.push((e.id.clone(), e));
         }
     }
@@ -529,27 +541,18 @@ fn describe_instances(m: &mut Model, p: &Params, x: &mut Xml) -> ApiResult<()> {
         if !ids.is_empty() && !ids.contains(&i.id) {
             continue;
         }
-        let mut ok = true;
-        for (name, values) in &filters {
-            let hit = if let Some(b) = tag_filter(name, values, &i.tags) {
-                b
-            } else {
-                match name.as_str() {
-                    "instance-id" => any_glob(values, &i.id),
-                    "instance-type" => any_glob(values, &i.limits.name),
-                    "subnet-id" => any_glob(values, &i.subnet_id),
-                    "vpc-id" => any_glob(values, &m.vpc_id),
-                    "availability-zone" => any_glob(values, &i.az),
-                    "instance-state-name" => any_glob(values, "running"),
-                    _ => return Err(bad_filter(name)),
-                }
-            };
-            if !hit {
-                ok = false;
-                break;
-            }
-        }
-        if ok {
+        let field = |name: &str, values: &[String]| {
+            Some(match name {
+                "instance-id" => any_glob(values, &i.id),
+                "instance-type" => any_glob(values, &i.limits.name),
+                "subnet-id" => any_glob(values, &i.subnet_id),
+                "vpc-id" => any_glob(values, &m.vpc_id),
+                "availability-zone" => any_glob(values, &i.az),
+                "instance-state-name" => any_glob(values, "running"),
+                _ => return None,
+            })
+        };
+        if passes(&filters, Some(&i.tags), field)? {
             items.push((i.id.clone(), i));
         }
     }
@@ -603,26 +606,17 @@ fn describe_subnets(m: &mut Model, p: &Params, x: &mut Xml) -> ApiResult<()> {
         if !ids.is_empty() && !ids.contains(&s.id) {
             continue;
         }
-        let mut ok = true;
-        for (name, values) in &filters {
-            let hit = if let Some(b) = tag_filter(name, values, &s.tags) {
-                b
-            } else {
-                match name.as_str() {
-                    "subnet-id" => any_glob(values, &s.id),
-                    "vpc-id" => any_glob(values, &m.vpc_id),
-                    "availability-zone" => any_glob(values, &s.az),
-                    "cidr-block" | "cidr" => any_glob(values, &s.cidr.to_string()),
-                    "state" => any_glob(values, "available"),
-                    _ => return Err(bad_filter(name)),
-                }
-            };
-            if !hit {
-                ok = false;
-                break;
-            }
-        }
-        if ok {
+        let field = |name: &str, values: &[String]| {
+            Some(match name {
+                "subnet-id" => any_glob(values, &s.id),
+                "vpc-id" => any_glob(values, &m.vpc_id),
+                "availability-zone" => any_glob(values, &s.az),
+                "cidr-block" | "cidr" => any_glob(values, &s.cidr.to_string()),
+                "state" => any_glob(values, "available"),
+                _ => return None,
+            })
+        };
+        if passes(&filters, Some(&s.tags), field)? {
             items.push((s.id.clone(), s));
         }
     }
@@ -643,24 +637,15 @@ fn describe_security_groups(m: &mut Model, p: &Params, x: &mut Xml) -> ApiResult
         if !ids.is_empty() && !ids.contains(&g.id) {
             continue;
         }
-        let mut ok = true;
-        for (name, values) in &filters {
-            let hit = if let Some(b) = tag_filter(name, values, &g.tags) {
-                b
-            } else {
-                match name.as_str() {
-                    "group-id" => any_glob(values, &g.id),
-                    "group-name" => any_glob(values, &g.name),
-                    "vpc-id" => any_glob(values, &m.vpc_id),
-                    _ => return Err(bad_filter(name)),
-                }
-            };
-            if !hit {
-                ok = false;
-                break;
-            }
-        }
-        if ok {
+        let field = |name: &str, values: &[String]| {
+            Some(match name {
+                "group-id" => any_glob(values, &g.id),
+                "group-name" => any_glob(values, &g.name),
+                "vpc-id" => any_glob(values, &m.vpc_id),
+                _ => return None,
+            })
+        };
+        if passes(&filters, Some(&g.tags), field)? {
             out.push(g);
         }
     }
@@ -741,20 +726,15 @@ fn describe_instance_types(p: &Params, x: &mut Xml) -> ApiResult<()> {
         if !names.is_empty() && !names.contains(&t.name) {
             continue;
         }
-        let mut ok = true;
-        for (name, values) in &filters {
-            let hit = match name.as_str() {
+        let field = |name: &str, values: &[String]| {
+            Some(match name {
                 "instance-type" => any_glob(values, &t.name),
                 "hypervisor" => t.hypervisor.as_deref().is_some_and(|h| any_glob(values, h)),
                 "bare-metal" => any_glob(values, &t.bare_metal.to_string()),
-                _ => return Err(bad_filter(name)),
-            };
-            if !hit {
-                ok = false;
-                break;
-            }
-        }
-        if ok {
+                _ => return None,
+            })
+        };
+        if passes(&filters, None, field)? {
             items.push((t.name.clone(), t));
         }
     }
