@@ -1285,3 +1285,55 @@ async fn new_enis_can_be_briefly_not_found_by_describe() {
     }
     assert!(t0.elapsed() >= lag);
 }
+
+/// Every Describe action rejects a filter name it does not know (EC2 answers
+/// InvalidParameterValue naming the filter), and `instance-type` accepts no tag filter.
+#[tokio::test]
+async fn unknown_filter_names_are_rejected_by_every_describe() {
+    let env = start(SimConfig::default(), "10.0.12.0/24", "m5.large").await;
+    let ec2 = &env.ec2;
+    let bad = || filter("no-such-filter", "x");
+    let msgs = [
+        expect_err!(
+            ec2.describe_network_interfaces()
+                .filters(bad())
+                .send()
+                .await,
+            "InvalidParameterValue",
+            400
+        ),
+        expect_err!(
+            ec2.describe_instances().filters(bad()).send().await,
+            "InvalidParameterValue",
+            400
+        ),
+        expect_err!(
+            ec2.describe_subnets().filters(bad()).send().await,
+            "InvalidParameterValue",
+            400
+        ),
+        expect_err!(
+            ec2.describe_security_groups().filters(bad()).send().await,
+            "InvalidParameterValue",
+            400
+        ),
+        expect_err!(
+            ec2.describe_instance_types().filters(bad()).send().await,
+            "InvalidParameterValue",
+            400
+        ),
+        // Instance types carry no tags, so tag filters are unknown there.
+        expect_err!(
+            ec2.describe_instance_types()
+                .filters(filter("tag-key", "x"))
+                .send()
+                .await,
+            "InvalidParameterValue",
+            400
+        ),
+    ];
+    for m in &msgs[..5] {
+        assert!(m.contains("'no-such-filter'"), "{m}");
+    }
+    assert!(msgs[5].contains("'tag-key'"), "{}", msgs[5]);
+}
