@@ -30,8 +30,8 @@ use ipnet::{IpNet, Ipv4Net};
 
 /// Default checkpoint path (upstream `AWS_VPC_K8S_CNI_BACKING_STORE` default).
 pub const DEFAULT_BACKING_STORE: &str = "/var/run/aws-node/ipam.json";
-/// Default gRPC socket path (wire-contract.md §1).
-pub const DEFAULT_IPAMD_SOCKET: &str = "/var/run/aws-node/ipamd.sock";
+/// Default gRPC socket path (wire-contract.md §1), shared with the plugin and the installer.
+pub use awscni_proto::DEFAULT_IPAMD_SOCKET;
 /// Default file the daemon writes its computed max pods to (ours).
 pub const DEFAULT_MAX_PODS_FILE: &str = "/var/run/aws-node/max-pods";
 /// Default daemon log file (upstream).
@@ -818,7 +818,7 @@ impl Config {
         }
 
         // ---- ours ----
-        let ipamd_socket = r.abs_path("AWS_VPC_CNI_IPAMD_SOCKET", DEFAULT_IPAMD_SOCKET);
+        let ipamd_socket = r.abs_path(awscni_proto::IPAMD_SOCKET_ENV, DEFAULT_IPAMD_SOCKET);
         let legacy_tcp_listener = r.bool("AWS_VPC_CNI_LEGACY_TCP_LISTENER", false);
         let add_wait = match r.int("AWS_VPC_CNI_ADD_WAIT_MS") {
             None => d.add_wait,
@@ -1049,7 +1049,7 @@ impl fmt::Display for Config {
             ("AWS_VPC_ENI_MTU", self.eni_mtu.to_string()),
             ("AWS_VPC_K8S_CNI_VETHPREFIX", self.veth_prefix.clone()),
             (
-                "AWS_VPC_CNI_IPAMD_SOCKET",
+                awscni_proto::IPAMD_SOCKET_ENV,
                 self.ipamd_socket.display().to_string(),
             ),
             (
@@ -1183,7 +1183,7 @@ mod tests {
             "ENABLE_POD_ENI",
             "ENABLE_MULTI_NIC",
             "ENABLE_V6_EGRESS",
-            "AWS_VPC_CNI_IPAMD_SOCKET",
+            awscni_proto::IPAMD_SOCKET_ENV,
             "AWS_VPC_CNI_LEGACY_TCP_LISTENER",
             "AWS_VPC_CNI_ADD_WAIT_MS",
             "AWS_VPC_CNI_CLIENT_VERSIONS",

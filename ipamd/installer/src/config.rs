@@ -14,8 +14,8 @@ use std::path::PathBuf;
 pub const DEFAULT_HOST_CNI_BIN_PATH: &str = "/host/opt/cni/bin";
 /// Default of `HOST_CNI_CONFDIR_PATH` (the host's `/etc/cni/net.d`, mounted into the pod).
 pub const DEFAULT_HOST_CNI_CONFDIR_PATH: &str = "/host/etc/cni/net.d";
-/// Default ipamd gRPC socket (wire-contract.md §12).
-pub const DEFAULT_IPAMD_SOCKET: &str = "/var/run/aws-node/ipamd.sock";
+/// Default ipamd gRPC socket (wire-contract.md §12), shared with the plugin and ipamd.
+pub use awscni_proto::DEFAULT_IPAMD_SOCKET;
 /// Upstream's image path of the daemon binary.
 pub const DEFAULT_IPAMD_BIN: &str = "/app/aws-k8s-agent";
 /// Name looked up on `PATH` when [`DEFAULT_IPAMD_BIN`] does not exist (our binary's own name).
@@ -419,7 +419,7 @@ impl EntrypointConfig {
             }
         }
 
-        let ipamd_socket = r.path("AWS_VPC_CNI_IPAMD_SOCKET", DEFAULT_IPAMD_SOCKET);
+        let ipamd_socket = r.path(awscni_proto::IPAMD_SOCKET_ENV, DEFAULT_IPAMD_SOCKET);
         let ipamd_bin = r.raw("AWS_VPC_CNI_IPAMD_BIN").map(PathBuf::from);
         let plugin_src = r.path("AWS_VPC_CNI_PLUGIN_SRC", DEFAULT_PLUGIN_SRC);
 

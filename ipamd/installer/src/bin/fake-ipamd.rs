@@ -69,7 +69,7 @@ async fn serve(
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let Some(socket) = var("AWS_VPC_CNI_IPAMD_SOCKET").map(PathBuf::from) else {
+    let Some(socket) = var(awscni_proto::IPAMD_SOCKET_ENV).map(PathBuf::from) else {
         eprintln!("fake-ipamd: AWS_VPC_CNI_IPAMD_SOCKET not set");
         std::process::exit(64);
     };
@@ -110,7 +110,7 @@ async fn main() {
         .set_service_status("", ServingStatus::NotServing)
         .await;
     reporter
-        .set_service_status("grpc.health.v1.aws-node", ServingStatus::NotServing)
+        .set_service_status(awscni_proto::HEALTH_SERVICE_NAME, ServingStatus::NotServing)
         .await;
     let server = if listen_early {
         match bind(&socket) {
@@ -132,7 +132,7 @@ async fn main() {
     ));
     reporter.set_service_status("", final_status).await;
     reporter
-        .set_service_status("grpc.health.v1.aws-node", final_status)
+        .set_service_status(awscni_proto::HEALTH_SERVICE_NAME, final_status)
         .await;
     let server = match server {
         Some(s) => s,
