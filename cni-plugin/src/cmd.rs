@@ -50,6 +50,49 @@ impl Outcome {
         }
     }
 
+    /// The outcome of a verb that panicked: a CNI error document with code 199.
+    pub fn internal_error(what: &str) -> Self {
+        Self::err(CURRENT_VERSION, &PluginError::Internal(what.to_string()))
+    }
+
+    /// Writes the outcome (stderr text, then the stdout document and a newline) and returns
+    /// the exit code to use. When the document cannot be written, the runtime would read an
+    /// empty stdout and, with exit code 0, take a failed ADD for a success with an empty
+    /// result; so that is reported on stderr and turned into exit code 1.
+    pub fn emit(&self, stdout: &mut dyn std::io::Write, stderr: &mut dyn std::io::Write) -> i32 {
+        if let Some(s) = &self.stderr {
+            // The "about" text only; nothing to do if stderr is gone.
+            let _ = stderr.write_all(s.as_bytes());
+        }
+        let Some(doc) = &self.stdout else {
+            return self.exit_code;
+        };
+        let written = stdout
+            .write_all(doc.as_bytes())
+            .and_then(|()| stdout.write_all(b"\n"))
+            .and_then(|()| stdout.flush());
+        match written {
+            Ok(()) => self.exit_code,
+            Err(e) => {
+                let msg = format!(
+                    "aws-cni: cannot write the CNI {} to stdout: {e}\n",
+                    if self.exit_code == 0 {
+                        "result"
+                    } else {
+                        "error"
+                    }
+                );
+                let _ = stderr.write_all(msg.as_bytes());
+                log!(Level::Error, "cannot write to stdout: {e}");
+                if self.exit_code == 0 {
+                    1
+                } else {
+                    self.exit_code
+                }
+            }
+        }
+    }
+
     fn err(version: &str, e: &PluginError) -> Self {
         let details = e.to_string();
         Self {
@@ -960,6 +1003,42 @@ mod tests {
             )),
             1
         );
+    }
+
+    /// A stdout that refuses every write, like a closed pipe or a full disk.
+    struct Broken;
+
+    impl std::io::Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::EPIPE))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_unwritable_result_is_a_failure_named_on_stderr() {
+        let ok = Outcome::ok(Some(serde_json::json!({"cniVersion": "1.0.0"})));
+        let mut err = Vec::new();
+        assert_eq!(ok.emit(&mut Broken, &mut err), 1);
+        let err = String::from_utf8(err).unwrap();
+        assert!(err.contains("cannot write the CNI result"), "{err}");
+        assert!(err.contains("Broken pipe"), "{err}");
+
+        let failed = Outcome::internal_error("boom");
+        let mut err = Vec::new();
+        assert_eq!(failed.emit(&mut Broken, &mut err), 1);
+        assert!(String::from_utf8(err).unwrap().contains("CNI error"));
+
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        assert_eq!(ok.emit(&mut out, &mut err), 0);
+        assert_eq!(out, b"{\"cniVersion\":\"1.0.0\"}\n");
+        assert!(err.is_empty());
+        // DEL success prints nothing, so nothing can fail.
+        assert_eq!(Outcome::ok(None).emit(&mut Broken, &mut Vec::new()), 0);
     }
 
     #[test]

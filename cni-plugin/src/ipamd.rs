@@ -162,6 +162,19 @@ impl Ipamd {
                     reason: format!("{method} got no answer within {deadline:?}"),
                 }),
                 Ok(Ok(r)) => Ok(r.into_inner()),
+                // Checked before the code: tonic reports a connection that broke under a call
+                // (ipamd killed or restarted mid-request) as `Unknown: transport error`, which
+                // would otherwise read as an answer from ipamd and not be retried.
+                Ok(Err(s)) if is_transport_failure(&s) => Err(RpcError::Unreachable {
+                    socket,
+                    reason: format!(
+                        "{method}: the connection failed before ipamd answered ({}); ipamd \
+                         may have crashed or restarted",
+                        // The status itself only says "Unknown: transport error"; its source
+                        // chain says what happened ("... broken pipe").
+                        std::error::Error::source(&s).map_or_else(|| s.to_string(), error_chain)
+                    ),
+                }),
                 Ok(Err(s)) => Err(match s.code() {
                     tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                         RpcError::Unreachable {
@@ -257,6 +270,20 @@ impl Ipamd {
     }
 }
 
+/// True when `s` was not sent by ipamd but made up by the client because the connection
+/// under the call failed: a status ipamd sends has no source, one from a broken connection
+/// carries the transport or I/O error that broke it.
+fn is_transport_failure(s: &tonic::Status) -> bool {
+    let mut cur = std::error::Error::source(s);
+    while let Some(e) = cur {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// Flattens an error and its sources into one line ("transport error: No such file ...").
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -289,6 +316,20 @@ mod tests {
             socket_path(Some(""), None),
             PathBuf::from(awscni_proto::DEFAULT_IPAMD_SOCKET)
         );
+    }
+
+    #[test]
+    fn only_client_made_statuses_are_transport_failures() {
+        // What ipamd sends (grpc-status trailers) carries no source.
+        assert!(!is_transport_failure(&tonic::Status::unknown(
+            "transport error"
+        )));
+        assert!(!is_transport_failure(&tonic::Status::unavailable("busy")));
+        // What the client makes up from a broken connection carries the error.
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(is_transport_failure(&tonic::Status::from_error(Box::new(
+            io
+        ))));
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! `aws-cni`: CNI plugin executable. All logic is in the library ([`aws_cni::cmd::run`]).
 
-use std::io::Write;
+use aws_cni::log::Level;
 
 fn main() {
+    // The default hook prints the panic to stderr; the runtime only shows a plugin's stderr
+    // in some error paths, so the panic also goes to the plugin log (a no-op before the log
+    // is set up from the netconf).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        aws_cni::log!(Level::Error, "panic: {info}");
+    }));
     let get = |k: &str| std::env::var(k).ok();
-    // A panic must still produce a CNI error document on stdout (the default hook's message
-    // goes to stderr, which is fine: stderr is for logs).
+    // A panic must still produce a CNI error document on stdout.
     let outcome = std::panic::catch_unwind(|| aws_cni::cmd::run(&get, &mut std::io::stdin()))
         .unwrap_or_else(|p| {
             let what = p
@@ -13,29 +20,8 @@ fn main() {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
-            let e = aws_cni::error::PluginError::Internal(format!("internal error: {what}"));
-            aws_cni::cmd::Outcome {
-                stdout: Some(
-                    aws_cni::types::error_json(
-                        aws_cni::types::CURRENT_VERSION,
-                        e.cni_code(),
-                        e.summary(),
-                        Some(&e.to_string()),
-                    )
-                    .to_string(),
-                ),
-                stderr: None,
-                exit_code: 1,
-            }
+            aws_cni::cmd::Outcome::internal_error(&format!("internal error: {what}"))
         });
-    if let Some(s) = &outcome.stderr {
-        let _ = std::io::stderr().write_all(s.as_bytes());
-    }
-    if let Some(s) = &outcome.stdout {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(s.as_bytes());
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    }
-    std::process::exit(outcome.exit_code);
+    let code = outcome.emit(&mut std::io::stdout().lock(), &mut std::io::stderr());
+    std::process::exit(code);
 }

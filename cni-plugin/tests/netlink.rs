@@ -59,7 +59,15 @@ fn veth_peer_is_born_in_the_other_namespace() {
             .filter(|l| l.mac.is_some())
             .count()
     );
-    assert_eq!(by_mac.index, by_name.index);
+    assert_eq!(by_mac, by_name);
+    let absent: MacAddr = "02:00:de:ad:be:ef".parse().unwrap();
+    assert!(host_nl.link_by_mac(absent).unwrap().is_none());
+    let listed = host_nl.links().unwrap();
+    assert_eq!(
+        listed.iter().find(|l| l.name == "enitest0001"),
+        Some(&by_name),
+        "the streamed listing decodes the same fields as a single GET"
+    );
     let by_idx = host_nl.link_by_index(by_name.index).unwrap().unwrap();
     assert_eq!(by_idx.name, "enitest0001");
     assert!(host_nl.link_by_name("nosuchlink").unwrap().is_none());
