@@ -26,7 +26,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use awscni_envconf::{Case, Joined, OnUnknown, Reader, Unit};
 use ipnet::{IpNet, Ipv4Net};
+
+/// One bad variable (name, value, reason); the reader is shared with the entrypoint.
+pub use awscni_envconf::Problem;
+/// Go `strconv.ParseBool`, shared with the entrypoint.
+pub use awscni_envconf::parse_go_bool;
 
 /// Default checkpoint path (upstream `AWS_VPC_K8S_CNI_BACKING_STORE` default).
 pub const DEFAULT_BACKING_STORE: &str = "/var/run/aws-node/ipam.json";
@@ -112,28 +118,8 @@ impl NetworkPolicyMode {
     }
 }
 
-/// `AWS_VPC_K8S_CNI_RANDOMIZESNAT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RandomizeSnat {
-    /// `prng`: `--random-fully` (falls back to `--random` when iptables lacks it).
-    #[default]
-    Prng,
-    /// `hashrandom`: `--random`.
-    HashRandom,
-    /// `none`: no port randomisation flag.
-    None,
-}
-
-impl RandomizeSnat {
-    /// Upstream spelling.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Prng => "prng",
-            Self::HashRandom => "hashrandom",
-            Self::None => "none",
-        }
-    }
-}
+/// `AWS_VPC_K8S_CNI_RANDOMIZESNAT`, shared with the entrypoint and [`crate::hostnet`].
+pub use awscni_envconf::RandomizeSnat;
 
 /// `AWS_VPC_K8S_CNI_LOGLEVEL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -325,23 +311,6 @@ impl Default for Config {
     }
 }
 
-/// One bad variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Variable name (upstream spelling).
-    pub var: &'static str,
-    /// The value found (empty for cross-variable problems).
-    pub value: String,
-    /// What is wrong / what is used instead.
-    pub reason: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?}: {}", self.var, self.value, self.reason)
-    }
-}
-
 /// Start-up configuration error: every invalid variable found, not only the first.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -351,155 +320,25 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: ")?;
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                write!(f, "; ")?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
+        write!(f, "invalid configuration: {}", Joined(&self.problems))
     }
 }
 
 /// A value that was accepted with upstream's fallback; log it at warn level.
 pub type Warning = Problem;
 
-/// Reads variables and collects problems.
-struct Reader<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
-    errors: Vec<Problem>,
-    warnings: Vec<Problem>,
-}
-
-impl Reader<'_> {
-    /// The value, with empty treated as unset (upstream behaviour).
-    fn raw(&self, var: &str) -> Option<String> {
-        (self.get)(var).filter(|v| !v.is_empty())
-    }
-
-    fn error(&mut self, var: &'static str, value: &str, reason: impl Into<String>) {
-        self.errors.push(Problem {
-            var,
-            value: value.to_owned(),
-            reason: reason.into(),
-        });
-    }
-
-    fn warn(&mut self, var: &'static str, value: &str, reason: impl Into<String>) {
-        self.warnings.push(Problem {
-            var,
-            value: value.to_owned(),
-            reason: reason.into(),
-        });
-    }
-
-    /// Go `strconv.ParseBool` spellings; anything else is an error.
-    fn bool(&mut self, var: &'static str, default: bool) -> bool {
-        let Some(v) = self.raw(var) else {
-            return default;
-        };
-        match parse_go_bool(&v) {
-            Some(b) => b,
-            None => {
-                self.error(
-                    var,
-                    &v,
-                    "not a boolean (use true/false, 1/0, t/f, TRUE/FALSE, True/False)",
-                );
-                default
-            }
+/// Comma-separated IPv4 CIDRs; IPv6 entries are skipped with a warning (upstream reads these
+/// lists for IPv4 only), anything else is an error naming the entry.
+fn cidr_list(r: &mut Reader<'_>, var: &'static str) -> Vec<Ipv4Net> {
+    let mut out = Vec::new();
+    for item in r.list(var) {
+        match item.parse::<IpNet>() {
+            Ok(IpNet::V4(n)) => out.push(n),
+            Ok(IpNet::V6(_)) => r.warn(var, &item, "IPv6 entry skipped (IPv4 only, as upstream)"),
+            Err(_) => r.error(var, &item, "not a CIDR (expected a.b.c.d/len)"),
         }
     }
-
-    fn int(&mut self, var: &'static str) -> Option<(String, i64)> {
-        let v = self.raw(var)?;
-        match v.parse::<i64>() {
-            Ok(n) => Some((v, n)),
-            Err(_) => {
-                self.error(var, &v, "not a base-10 integer");
-                None
-            }
-        }
-    }
-
-    /// Non-negative integer; negative values fall back to `on_negative` with a warning (upstream
-    /// clamps them silently).
-    fn count(&mut self, var: &'static str, default: u32, on_negative: u32) -> u32 {
-        let Some((v, n)) = self.int(var) else {
-            return default;
-        };
-        if n < 0 {
-            self.warn(
-                var,
-                &v,
-                format!("negative; using {on_negative} like upstream"),
-            );
-            return on_negative;
-        }
-        match u32::try_from(n) {
-            Ok(n) => n,
-            Err(_) => {
-                self.error(var, &v, "too large");
-                default
-            }
-        }
-    }
-
-    fn string(&mut self, var: &'static str, default: &str) -> String {
-        self.raw(var).unwrap_or_else(|| default.to_owned())
-    }
-
-    fn cidr_list(&mut self, var: &'static str) -> Vec<Ipv4Net> {
-        let Some(v) = self.raw(var) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match item.parse::<IpNet>() {
-                Ok(IpNet::V4(n)) => out.push(n),
-                Ok(IpNet::V6(_)) => {
-                    self.warn(var, item, "IPv6 entry skipped (IPv4 only, as upstream)")
-                }
-                Err(_) => self.error(var, item, "not a CIDR (expected a.b.c.d/len)"),
-            }
-        }
-        out
-    }
-
-    fn url(&mut self, var: &'static str) -> Option<String> {
-        let v = self.raw(var)?;
-        let rest = v
-            .strip_prefix("http://")
-            .or_else(|| v.strip_prefix("https://"));
-        if rest.is_some_and(|r| !r.is_empty()) {
-            Some(v)
-        } else {
-            self.error(var, &v, "not an http:// or https:// URL");
-            None
-        }
-    }
-
-    fn abs_path(&mut self, var: &'static str, default: &str) -> PathBuf {
-        let Some(v) = self.raw(var) else {
-            return PathBuf::from(default);
-        };
-        if v.starts_with('/') {
-            PathBuf::from(v)
-        } else {
-            self.error(var, &v, "not an absolute path");
-            PathBuf::from(default)
-        }
-    }
-}
-
-/// Go `strconv.ParseBool`.
-pub fn parse_go_bool(v: &str) -> Option<bool> {
-    match v {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
+    out
 }
 
 /// Integer in decimal, `0x` hex or leading-`0` octal (Go `strconv.ParseInt(v, 0, 64)`).
@@ -545,11 +384,7 @@ impl Config {
         get: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(Self, Vec<Warning>), ConfigError> {
         let d = Config::default();
-        let mut r = Reader {
-            get,
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        };
+        let mut r = Reader::new(&get);
 
         // ---- pool ----
         let warm_eni = r.count("WARM_ENI_TARGET", 1, 1);
@@ -634,34 +469,21 @@ impl Config {
         let backing_store = r.abs_path("AWS_VPC_K8S_CNI_BACKING_STORE", DEFAULT_BACKING_STORE);
         let manage_untagged_eni = r.bool("MANAGE_UNTAGGED_ENI", true);
         let annotate_pod_ip = r.bool("ANNOTATE_POD_IP", false);
-        let network_policy_enforcing_mode = match r.raw("NETWORK_POLICY_ENFORCING_MODE") {
-            None => NetworkPolicyMode::Unset,
-            Some(v) => match v.as_str() {
-                "none" => NetworkPolicyMode::None,
-                "strict" => NetworkPolicyMode::Strict,
-                "standard" => NetworkPolicyMode::Standard,
-                _ => {
-                    // Upstream fails start-up here too.
-                    r.error(
-                        "NETWORK_POLICY_ENFORCING_MODE",
-                        &v,
-                        "must be none, strict or standard",
-                    );
-                    NetworkPolicyMode::Unset
-                }
-            },
-        };
-        let ip_cooldown = match r.int("IP_COOLDOWN_PERIOD") {
-            None => d.ip_cooldown,
-            Some((v, n)) => match u64::try_from(n) {
-                Ok(s) => Duration::from_secs(s),
-                Err(_) => {
-                    // Upstream's entrypoint refuses negative values.
-                    r.error("IP_COOLDOWN_PERIOD", &v, "must be a number of seconds ≥ 0");
-                    d.ip_cooldown
-                }
-            },
-        };
+        // Upstream fails start-up on an unknown mode too.
+        let network_policy_enforcing_mode = r.choice(
+            "NETWORK_POLICY_ENFORCING_MODE",
+            Case::Exact,
+            &[
+                NetworkPolicyMode::None,
+                NetworkPolicyMode::Strict,
+                NetworkPolicyMode::Standard,
+            ]
+            .map(|m| (m.as_str(), m)),
+            NetworkPolicyMode::Unset,
+            OnUnknown::Error,
+        );
+        // Upstream's entrypoint refuses negative values.
+        let ip_cooldown = r.duration_in("IP_COOLDOWN_PERIOD", Unit::Seconds, 0.., d.ip_cooldown);
         let node_name = r.raw("MY_NODE_NAME");
         let pod_name = r.raw("MY_POD_NAME");
         let cluster_name = r.string("CLUSTER_NAME", "");
@@ -722,46 +544,28 @@ impl Config {
                 "expected host:port or unix:/path",
             );
         }
-        let log_level = match r.raw("AWS_VPC_K8S_CNI_LOGLEVEL") {
-            None => LogLevel::Debug,
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "debug" => LogLevel::Debug,
-                "info" => LogLevel::Info,
-                "warn" => LogLevel::Warn,
-                "error" => LogLevel::Error,
-                "fatal" => LogLevel::Fatal,
-                _ => {
-                    r.warn(
-                        "AWS_VPC_K8S_CNI_LOGLEVEL",
-                        &v,
-                        "unknown level; using debug like upstream",
-                    );
-                    LogLevel::Debug
-                }
-            },
-        };
+        let log_level = r.choice(
+            "AWS_VPC_K8S_CNI_LOGLEVEL",
+            Case::Ignore,
+            &[
+                LogLevel::Debug,
+                LogLevel::Info,
+                LogLevel::Warn,
+                LogLevel::Error,
+                LogLevel::Fatal,
+            ]
+            .map(|l| (l.as_str(), l)),
+            LogLevel::Debug,
+            OnUnknown::Warn,
+        );
         let log_file = r.string("AWS_VPC_K8S_CNI_LOG_FILE", DEFAULT_LOG_FILE);
 
         // ---- host networking ----
         let external_snat = r.bool("AWS_VPC_K8S_CNI_EXTERNALSNAT", false);
-        let exclude_snat_cidrs = r.cidr_list("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS");
-        let external_service_cidrs = r.cidr_list("AWS_EXTERNAL_SERVICE_CIDRS");
-        let randomize_snat = match r.raw("AWS_VPC_K8S_CNI_RANDOMIZESNAT") {
-            None => RandomizeSnat::Prng,
-            Some(v) => match v.as_str() {
-                "prng" => RandomizeSnat::Prng,
-                "hashrandom" => RandomizeSnat::HashRandom,
-                "none" => RandomizeSnat::None,
-                _ => {
-                    r.warn(
-                        "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
-                        &v,
-                        "unknown mode; using prng like upstream",
-                    );
-                    RandomizeSnat::Prng
-                }
-            },
-        };
+        let exclude_snat_cidrs = cidr_list(&mut r, "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS");
+        let external_service_cidrs = cidr_list(&mut r, "AWS_EXTERNAL_SERVICE_CIDRS");
+        // Unknown values warn and use `prng`, like upstream.
+        let randomize_snat = RandomizeSnat::read(&mut r, OnUnknown::Warn);
         let node_port_support = r.bool("AWS_VPC_CNI_NODE_PORT_SUPPORT", true);
         let connmark = match r.raw("AWS_VPC_K8S_CNI_CONNMARK") {
             None => DEFAULT_CONNMARK,
@@ -779,15 +583,8 @@ impl Config {
                 }
             },
         };
-        let eni_mtu = match r.int("AWS_VPC_ENI_MTU") {
-            None => DEFAULT_MTU,
-            Some((_, n)) if (576..=9001).contains(&n) => n.unsigned_abs() as u32,
-            Some((v, _)) => {
-                // Upstream's entrypoint refuses to start outside this range.
-                r.error("AWS_VPC_ENI_MTU", &v, "must be between 576 and 9001");
-                DEFAULT_MTU
-            }
-        };
+        // Upstream's entrypoint refuses to start outside this range.
+        let eni_mtu = r.int_in("AWS_VPC_ENI_MTU", 576..=9001, DEFAULT_MTU);
         let veth_prefix = r.string("AWS_VPC_K8S_CNI_VETHPREFIX", "eni");
         if veth_prefix.chars().count() > 4 {
             r.error(
@@ -820,28 +617,13 @@ impl Config {
         // ---- ours ----
         let ipamd_socket = r.abs_path(awscni_proto::IPAMD_SOCKET_ENV, DEFAULT_IPAMD_SOCKET);
         let legacy_tcp_listener = r.bool("AWS_VPC_CNI_LEGACY_TCP_LISTENER", false);
-        let add_wait = match r.int("AWS_VPC_CNI_ADD_WAIT_MS") {
-            None => d.add_wait,
-            Some((_, n)) if (0..=60_000).contains(&n) => Duration::from_millis(n.unsigned_abs()),
-            Some((v, _)) => {
-                r.error(
-                    "AWS_VPC_CNI_ADD_WAIT_MS",
-                    &v,
-                    "must be between 0 and 60000 milliseconds",
-                );
-                d.add_wait
-            }
-        };
-        let client_version_allowlist = r
-            .raw("AWS_VPC_CNI_CLIENT_VERSIONS")
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let add_wait = r.duration_in(
+            "AWS_VPC_CNI_ADD_WAIT_MS",
+            Unit::Milliseconds,
+            0..=60_000,
+            d.add_wait,
+        );
+        let client_version_allowlist = r.list("AWS_VPC_CNI_CLIENT_VERSIONS");
         let ec2_qps = match r.raw("AWS_VPC_CNI_EC2_QPS") {
             None => d.ec2_qps,
             Some(v) => match v.parse::<f64>() {
@@ -852,31 +634,16 @@ impl Config {
                 }
             },
         };
-        let ec2_burst = match r.int("AWS_VPC_CNI_EC2_BURST") {
-            None => d.ec2_burst,
-            Some((_, n)) if (1..=10_000).contains(&n) => n.unsigned_abs() as u32,
-            Some((v, _)) => {
-                r.error("AWS_VPC_CNI_EC2_BURST", &v, "must be between 1 and 10000");
-                d.ec2_burst
-            }
-        };
+        let ec2_burst = r.int_in("AWS_VPC_CNI_EC2_BURST", 1..=10_000, d.ec2_burst);
         let max_pods_file = r.abs_path("AWS_VPC_CNI_MAX_PODS_FILE", DEFAULT_MAX_PODS_FILE);
-        let reconcile_interval = match r.int("AWS_VPC_CNI_RECONCILE_SECONDS") {
-            None => d.reconcile_interval,
-            Some((_, n)) if (1..=3600).contains(&n) => Duration::from_secs(n.unsigned_abs()),
-            Some((v, _)) => {
-                r.error(
-                    "AWS_VPC_CNI_RECONCILE_SECONDS",
-                    &v,
-                    "must be between 1 and 3600",
-                );
-                d.reconcile_interval
-            }
-        };
+        let reconcile_interval = r.duration_in(
+            "AWS_VPC_CNI_RECONCILE_SECONDS",
+            Unit::Seconds,
+            1..=3600,
+            d.reconcile_interval,
+        );
 
-        if !r.errors.is_empty() {
-            return Err(ConfigError { problems: r.errors });
-        }
+        let warnings = r.finish().map_err(|problems| ConfigError { problems })?;
         let cfg = Config {
             pool,
             enable_ipv4,
@@ -924,7 +691,7 @@ impl Config {
             max_pods_file,
             reconcile_interval,
         };
-        Ok((cfg, r.warnings))
+        Ok((cfg, warnings))
     }
 
     /// Path of the sidecar state file (cooldowns, ENIs being detached) beside the checkpoint.

@@ -207,28 +207,9 @@ impl Sysctl for ProcSysctl {
 // ---------------------------------------------------------------------------------------------
 // iptables
 
-/// `AWS_VPC_K8S_CNI_RANDOMIZESNAT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RandomizeSnat {
-    /// `--random-fully` (falls back to `--random` when iptables lacks it).
-    #[default]
-    Prng,
-    /// `--random`.
-    HashRandom,
-    /// No flag.
-    None,
-}
-
-impl RandomizeSnat {
-    /// Upstream parsing: `hashrandom`, `none`, anything else (including `prng`) → `Prng`.
-    pub fn parse(s: &str) -> Self {
-        match s.trim() {
-            "hashrandom" => Self::HashRandom,
-            "none" => Self::None,
-            _ => Self::Prng,
-        }
-    }
-}
+/// `AWS_VPC_K8S_CNI_RANDOMIZESNAT` (the same type as [`crate::config::RandomizeSnat`]);
+/// [`RandomizeSnat::parse`] is upstream's lenient parsing.
+pub use awscni_envconf::RandomizeSnat;
 
 /// Inputs of the SNAT/connmark rules (datapath.md §11).
 #[derive(Debug, Clone, PartialEq)]

@@ -10,6 +10,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use awscni_envconf::{Case, Joined, OnUnknown, Reader};
+
+/// Upstream's boolean parsing, shared with ipamd (also used by the health probe's flags).
+pub use awscni_envconf::parse_go_bool;
+
 /// Default of `HOST_CNI_BIN_PATH` (the host's `/opt/cni/bin`, mounted into the pod).
 pub const DEFAULT_HOST_CNI_BIN_PATH: &str = "/host/opt/cni/bin";
 /// Default of `HOST_CNI_CONFDIR_PATH` (the host's `/etc/cni/net.d`, mounted into the pod).
@@ -40,22 +45,9 @@ pub const MAX_MTU: u32 = 9001;
 /// Default `IP_COOLDOWN_PERIOD` in seconds.
 pub const DEFAULT_IP_COOLDOWN_SECONDS: u64 = 30;
 
-/// One invalid variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Variable name, e.g. `POD_MTU`.
-    pub var: String,
-    /// The value as found in the environment.
-    pub value: String,
-    /// Why it was rejected and what is accepted.
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?}: {}", self.var, self.value, self.reason)
-    }
-}
+/// One invalid variable: its name, the value as found and why it was rejected (the reader
+/// shared with ipamd).
+pub type ConfigError = awscni_envconf::Problem;
 
 /// Every invalid variable found, so an operator fixes the manifest in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,14 +55,7 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid environment: ")?;
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                write!(f, "; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        write!(f, "invalid environment: {}", Joined(&self.0))
     }
 }
 
@@ -81,27 +66,8 @@ impl ConfigErrors {
     }
 }
 
-/// SNAT port randomisation (`AWS_VPC_K8S_CNI_RANDOMIZESNAT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RandomizeSnat {
-    /// `--random-fully` (falls back to `--random` where iptables lacks it).
-    Prng,
-    /// `--random`.
-    HashRandom,
-    /// No randomisation flag.
-    None,
-}
-
-impl RandomizeSnat {
-    /// The spelling used in the environment and the conflist.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Prng => "prng",
-            Self::HashRandom => "hashrandom",
-            Self::None => "none",
-        }
-    }
-}
+/// SNAT port randomisation (`AWS_VPC_K8S_CNI_RANDOMIZESNAT`), shared with ipamd.
+pub use awscni_envconf::RandomizeSnat;
 
 /// Security-group-for-pods routing mode (`POD_SECURITY_GROUP_ENFORCING_MODE`), rendered as
 /// `podSGEnforcingMode`.
@@ -188,79 +154,6 @@ pub struct InitConfig {
     pub std_plugins_dir: PathBuf,
 }
 
-/// Reads variables through a lookup function, treating set-but-empty as unset (upstream
-/// behaviour), and collects every error instead of stopping at the first.
-struct Reader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    errors: Vec<ConfigError>,
-}
-
-impl Reader<'_> {
-    fn raw(&self, var: &str) -> Option<String> {
-        (self.lookup)(var).filter(|v| !v.is_empty())
-    }
-
-    fn fail(&mut self, var: &str, value: &str, reason: impl Into<String>) {
-        self.errors.push(ConfigError {
-            var: var.to_string(),
-            value: value.to_string(),
-            reason: reason.into(),
-        });
-    }
-
-    fn bool(&mut self, var: &str, default: bool) -> bool {
-        let Some(v) = self.raw(var) else {
-            return default;
-        };
-        match parse_go_bool(&v) {
-            Some(b) => b,
-            None => {
-                self.fail(
-                    var,
-                    &v,
-                    "not a boolean (accepted: 1 t T TRUE true True 0 f F FALSE false False)",
-                );
-                default
-            }
-        }
-    }
-
-    fn path(&mut self, var: &str, default: &str) -> PathBuf {
-        let v = self.raw(var).unwrap_or_else(|| default.to_string());
-        let p = PathBuf::from(&v);
-        if !p.is_absolute() {
-            self.fail(var, &v, "must be an absolute path");
-        }
-        p
-    }
-
-    fn mtu(&mut self, var: &str, value: Option<String>, min: u32, default: u32) -> u32 {
-        let Some(v) = value else {
-            return default;
-        };
-        match v.trim().parse::<u32>() {
-            Ok(m) if (min..=MAX_MTU).contains(&m) => m,
-            Ok(_) => {
-                self.fail(var, &v, format!("MTU must be between {min} and {MAX_MTU}"));
-                default
-            }
-            Err(_) => {
-                self.fail(var, &v, "not an integer");
-                default
-            }
-        }
-    }
-}
-
-/// Upstream's boolean parsing (Go's `strconv.ParseBool`).
-pub fn parse_go_bool(v: &str) -> Option<bool> {
-    match v {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
-
 /// Log levels the plugin understands (case-insensitive).
 const LOG_LEVELS: [&str; 5] = ["debug", "info", "warn", "error", "fatal"];
 
@@ -270,30 +163,24 @@ const RESERVED_VETH_PREFIXES: [&str; 3] = ["eth", "lo", "vlan"];
 impl EntrypointConfig {
     /// Reads and validates the entrypoint's environment through `lookup`.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
-        let mut r = Reader {
-            lookup,
-            errors: Vec::new(),
-        };
-        let host_cni_bin_path = r.path("HOST_CNI_BIN_PATH", DEFAULT_HOST_CNI_BIN_PATH);
-        let host_cni_confdir_path = r.path("HOST_CNI_CONFDIR_PATH", DEFAULT_HOST_CNI_CONFDIR_PATH);
+        let mut r = Reader::new(&lookup);
+        let host_cni_bin_path = r.abs_path("HOST_CNI_BIN_PATH", DEFAULT_HOST_CNI_BIN_PATH);
+        let host_cni_confdir_path =
+            r.abs_path("HOST_CNI_CONFDIR_PATH", DEFAULT_HOST_CNI_CONFDIR_PATH);
         let enable_ipv6 = r.bool("ENABLE_IPv6", false);
         let min_mtu = if enable_ipv6 { MIN_MTU_V6 } else { MIN_MTU_V4 };
-        let eni_mtu_raw = r.raw("AWS_VPC_ENI_MTU");
-        let eni_mtu = r.mtu("AWS_VPC_ENI_MTU", eni_mtu_raw, min_mtu, DEFAULT_MTU);
-        let pod_mtu_raw = r.raw("POD_MTU");
-        let pod_mtu = r.mtu("POD_MTU", pod_mtu_raw, min_mtu, eni_mtu);
+        let eni_mtu = r.int_in("AWS_VPC_ENI_MTU", min_mtu..=MAX_MTU, DEFAULT_MTU);
+        let pod_mtu = r.int_in("POD_MTU", min_mtu..=MAX_MTU, eni_mtu);
 
-        let veth_prefix = r
-            .raw("AWS_VPC_K8S_CNI_VETHPREFIX")
-            .unwrap_or_else(|| "eni".to_string());
+        let veth_prefix = r.string("AWS_VPC_K8S_CNI_VETHPREFIX", "eni");
         if veth_prefix.chars().count() > 4 {
-            r.fail(
+            r.error(
                 "AWS_VPC_K8S_CNI_VETHPREFIX",
                 &veth_prefix,
                 "at most 4 characters (the rest of the 15-byte interface name is a hash)",
             );
         } else if RESERVED_VETH_PREFIXES.contains(&veth_prefix.as_str()) {
-            r.fail(
+            r.error(
                 "AWS_VPC_K8S_CNI_VETHPREFIX",
                 &veth_prefix,
                 "reserved prefix (eth, lo and vlan collide with host interfaces)",
@@ -302,18 +189,16 @@ impl EntrypointConfig {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            r.fail(
+            r.error(
                 "AWS_VPC_K8S_CNI_VETHPREFIX",
                 &veth_prefix,
                 "only ASCII letters, digits, '-' and '_' are valid in an interface name",
             );
         }
 
-        let plugin_log_file = r
-            .raw("AWS_VPC_K8S_PLUGIN_LOG_FILE")
-            .unwrap_or_else(|| DEFAULT_PLUGIN_LOG_FILE.to_string());
+        let plugin_log_file = r.string("AWS_VPC_K8S_PLUGIN_LOG_FILE", DEFAULT_PLUGIN_LOG_FILE);
         if plugin_log_file.eq_ignore_ascii_case("stdout") {
-            r.fail(
+            r.error(
                 "AWS_VPC_K8S_PLUGIN_LOG_FILE",
                 &plugin_log_file,
                 "the plugin's stdout carries the CNI result; use stderr or a file path",
@@ -321,59 +206,36 @@ impl EntrypointConfig {
         } else if !plugin_log_file.eq_ignore_ascii_case("stderr")
             && !plugin_log_file.starts_with('/')
         {
-            r.fail(
+            r.error(
                 "AWS_VPC_K8S_PLUGIN_LOG_FILE",
                 &plugin_log_file,
                 "must be stderr or an absolute path (the plugin's working directory is the runtime's)",
             );
         }
 
-        let plugin_log_level = r
-            .raw("AWS_VPC_K8S_PLUGIN_LOG_LEVEL")
-            .unwrap_or_else(|| DEFAULT_PLUGIN_LOG_LEVEL.to_string());
+        // Passed through in the operator's spelling, so validated rather than mapped.
+        let plugin_log_level = r.string("AWS_VPC_K8S_PLUGIN_LOG_LEVEL", DEFAULT_PLUGIN_LOG_LEVEL);
         if !LOG_LEVELS
             .iter()
             .any(|l| l.eq_ignore_ascii_case(&plugin_log_level))
         {
-            r.fail(
+            r.error(
                 "AWS_VPC_K8S_PLUGIN_LOG_LEVEL",
                 &plugin_log_level,
                 "unknown level (accepted, any case: debug, info, warn, error, fatal)",
             );
         }
 
-        let randomize_snat = match r.raw("AWS_VPC_K8S_CNI_RANDOMIZESNAT") {
-            None => RandomizeSnat::Prng,
-            Some(v) => match v.as_str() {
-                "prng" => RandomizeSnat::Prng,
-                "hashrandom" => RandomizeSnat::HashRandom,
-                "none" => RandomizeSnat::None,
-                _ => {
-                    r.fail(
-                        "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
-                        &v,
-                        "accepted: prng, hashrandom, none",
-                    );
-                    RandomizeSnat::Prng
-                }
-            },
-        };
-
-        let pod_sg_enforcing_mode = match r.raw("POD_SECURITY_GROUP_ENFORCING_MODE") {
-            None => PodSgMode::Strict,
-            Some(v) => match v.as_str() {
-                "strict" => PodSgMode::Strict,
-                "standard" => PodSgMode::Standard,
-                _ => {
-                    r.fail(
-                        "POD_SECURITY_GROUP_ENFORCING_MODE",
-                        &v,
-                        "accepted: strict, standard",
-                    );
-                    PodSgMode::Strict
-                }
-            },
-        };
+        // Unknown values fail start-up (the policy above), although ipamd, which reads the same
+        // SNAT variable, only warns like upstream.
+        let randomize_snat = RandomizeSnat::read(&mut r, OnUnknown::Error);
+        let pod_sg_enforcing_mode = r.choice(
+            "POD_SECURITY_GROUP_ENFORCING_MODE",
+            Case::Exact,
+            &[PodSgMode::Strict, PodSgMode::Standard].map(|m| (m.as_str(), m)),
+            PodSgMode::Strict,
+            OnUnknown::Error,
+        );
 
         let enable_bandwidth_plugin = r.bool("ENABLE_BANDWIDTH_PLUGIN", false);
         let disable_pod_v6 = r.bool("DISABLE_POD_V6", false);
@@ -383,20 +245,7 @@ impl EntrypointConfig {
         r.bool("ENABLE_IPv4", false);
         r.bool("ENABLE_V6_EGRESS", false);
 
-        let ip_cooldown_seconds = match r.raw("IP_COOLDOWN_PERIOD") {
-            None => DEFAULT_IP_COOLDOWN_SECONDS,
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(s) => s,
-                Err(_) => {
-                    r.fail(
-                        "IP_COOLDOWN_PERIOD",
-                        &v,
-                        "must be a whole number of seconds >= 0",
-                    );
-                    DEFAULT_IP_COOLDOWN_SECONDS
-                }
-            },
-        };
+        let ip_cooldown_seconds = r.int_in("IP_COOLDOWN_PERIOD", 0.., DEFAULT_IP_COOLDOWN_SECONDS);
 
         if enable_prefix_delegation {
             // Upstream compares the raw strings with `<= "0"`, so "", "0" and "-1" count as
@@ -404,10 +253,10 @@ impl EntrypointConfig {
             let targets = ["WARM_PREFIX_TARGET", "WARM_IP_TARGET", "MINIMUM_IP_TARGET"];
             let values: Vec<String> = targets
                 .iter()
-                .map(|t| (r.lookup)(t).unwrap_or_default())
+                .map(|t| r.raw(t).unwrap_or_default())
                 .collect();
             if values.iter().all(|v| v.as_str() <= "0") {
-                r.fail(
+                r.error(
                     "ENABLE_PREFIX_DELEGATION",
                     "true",
                     format!(
@@ -419,13 +268,12 @@ impl EntrypointConfig {
             }
         }
 
-        let ipamd_socket = r.path(awscni_proto::IPAMD_SOCKET_ENV, DEFAULT_IPAMD_SOCKET);
+        let ipamd_socket = r.abs_path(awscni_proto::IPAMD_SOCKET_ENV, DEFAULT_IPAMD_SOCKET);
         let ipamd_bin = r.raw("AWS_VPC_CNI_IPAMD_BIN").map(PathBuf::from);
-        let plugin_src = r.path("AWS_VPC_CNI_PLUGIN_SRC", DEFAULT_PLUGIN_SRC);
+        let plugin_src = r.abs_path("AWS_VPC_CNI_PLUGIN_SRC", DEFAULT_PLUGIN_SRC);
 
-        if !r.errors.is_empty() {
-            return Err(ConfigErrors(r.errors));
-        }
+        // The entrypoint records no warnings: every check here either passes or fails start-up.
+        r.finish().map_err(ConfigErrors)?;
         Ok(Self {
             host_cni_bin_path,
             host_cni_confdir_path,
@@ -456,11 +304,8 @@ impl EntrypointConfig {
 impl InitConfig {
     /// Reads and validates the init step's environment through `lookup`.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
-        let mut r = Reader {
-            lookup,
-            errors: Vec::new(),
-        };
-        let host_cni_bin_path = r.path("HOST_CNI_BIN_PATH", DEFAULT_HOST_CNI_BIN_PATH);
+        let mut r = Reader::new(&lookup);
+        let host_cni_bin_path = r.abs_path("HOST_CNI_BIN_PATH", DEFAULT_HOST_CNI_BIN_PATH);
         let enable_ipv6 = r.bool("ENABLE_IPv6", false);
         let enable_v6_egress = r.bool("ENABLE_V6_EGRESS", false);
         let disable_tcp_early_demux = r.bool("DISABLE_TCP_EARLY_DEMUX", false);
@@ -471,19 +316,18 @@ impl InitConfig {
             .as_ref()
             .filter(|n| n.len() > 15 || n.contains('/') || *n == "." || *n == "..")
         {
-            r.fail(
+            r.error(
                 "AWS_VPC_CNI_PRIMARY_INTERFACE",
                 name,
                 "not a valid interface name (at most 15 bytes, no '/')",
             );
         }
-        let imds_endpoint = r
-            .raw("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-            .unwrap_or_else(|| "http://169.254.169.254".to_string());
-        let std_plugins_dir = r.path("AWS_VPC_CNI_STD_PLUGINS_DIR", DEFAULT_STD_PLUGINS_DIR);
-        if !r.errors.is_empty() {
-            return Err(ConfigErrors(r.errors));
-        }
+        let imds_endpoint = r.string(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            "http://169.254.169.254",
+        );
+        let std_plugins_dir = r.abs_path("AWS_VPC_CNI_STD_PLUGINS_DIR", DEFAULT_STD_PLUGINS_DIR);
+        r.finish().map_err(ConfigErrors)?;
         Ok(Self {
             host_cni_bin_path,
             enable_ipv6,
@@ -662,6 +506,24 @@ mod tests {
         );
         // Without PD the targets do not matter.
         assert!(entry(&[("ENABLE_PREFIX_DELEGATION", "false")]).is_ok());
+    }
+
+    #[test]
+    fn integers_parse_like_ipamd() {
+        // One reader for both binaries: a value ipamd would refuse (Go `strconv.Atoi` takes no
+        // surrounding spaces) is refused here first, where the operator looks.
+        for (var, bad) in [
+            ("AWS_VPC_ENI_MTU", " 1500"),
+            ("POD_MTU", "1500 "),
+            ("IP_COOLDOWN_PERIOD", " 30"),
+            ("IP_COOLDOWN_PERIOD", "-1"),
+        ] {
+            let e = entry(&[(var, bad)]).unwrap_err();
+            assert!(e.names(var), "{var}: {e}");
+            assert!(e.to_string().contains(&format!("{var}={bad:?}")), "{e}");
+        }
+        let c = entry(&[("AWS_VPC_ENI_MTU", "+1500"), ("IP_COOLDOWN_PERIOD", "0")]).unwrap();
+        assert_eq!((c.eni_mtu, c.ip_cooldown_seconds), (1500, 0));
     }
 
     #[test]
