@@ -11,6 +11,7 @@
 //!   `fsync` of the directory (upstream skips the last step, so a power loss could lose the
 //!   rename).
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -295,11 +296,44 @@ pub fn veth_hash(namespace: &str, name: &str) -> String {
     h
 }
 
+/// Length of [`veth_hash`].
+const VETH_HASH_LEN: usize = 11;
+
 /// Whether a pod still has its host veth: some link name ends with its hash (upstream's restore
-/// test, ipam.md §10.3).
+/// test, ipam.md §10.3). For many pods, build a [`VethIndex`] once instead.
 pub fn pod_has_veth<S: AsRef<str>>(namespace: &str, name: &str, links: &[S]) -> bool {
     let h = veth_hash(namespace, name);
     links.iter().any(|l| l.as_ref().ends_with(&h))
+}
+
+/// The host's link names indexed by their last 11 characters, so that restore answers
+/// [`pod_has_veth`] for every allocation with one hash lookup instead of a scan of every link
+/// (hundreds of pods times hundreds of veths on a full node).
+#[derive(Debug, Clone, Default)]
+pub struct VethIndex {
+    suffixes: HashSet<String>,
+}
+
+impl VethIndex {
+    /// Indexes `links` (names shorter than a hash cannot end with one and are left out).
+    pub fn new<S: AsRef<str>>(links: &[S]) -> Self {
+        let suffixes = links
+            .iter()
+            .filter_map(|l| {
+                let l = l.as_ref();
+                // `get` is None when the cut falls inside a multi-byte character: such a name
+                // does not end with 11 ASCII hex digits either.
+                l.get(l.len().checked_sub(VETH_HASH_LEN)?..)
+                    .map(str::to_owned)
+            })
+            .collect();
+        Self { suffixes }
+    }
+
+    /// Same answer as [`pod_has_veth`] over the indexed names.
+    pub fn pod_has_veth(&self, namespace: &str, name: &str) -> bool {
+        self.suffixes.contains(&veth_hash(namespace, name))
+    }
 }
 
 #[cfg(test)]
@@ -481,7 +515,7 @@ mod tests {
                 now,
             )
             .unwrap();
-        assert_eq!(r.restored.len(), 3);
+        assert_eq!(r.restored, 3);
         let a = ds
             .lookup(&IpamKey::new("aws-cni", "8c1f0e4b6d2a", "eth0"))
             .unwrap();
@@ -513,7 +547,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r.dropped_pod_gone.len(), 1);
-        assert_eq!(r.restored.len(), 2);
+        assert_eq!(r.restored, 2);
     }
 
     #[test]
@@ -525,6 +559,40 @@ mod tests {
         );
         assert!(pod_has_veth("default", "web-1", &["lo", "eni0761ccbeace"]));
         assert!(!pod_has_veth("default", "web-2", &["lo", "eni0761ccbeace"]));
+    }
+
+    #[test]
+    fn veth_index_agrees_with_the_scan() {
+        let links = [
+            "lo".to_owned(),
+            "eth0".to_owned(),
+            format!("eni{}", veth_hash("default", "web-1")),
+            // Another prefix (AWS_VPC_K8S_CNI_VETHPREFIX changed since the pod was wired).
+            format!("cali{}", veth_hash("shop", "cart")),
+            // A multi-byte character where the 11-character cut would fall.
+            "é0761ccbeac".to_owned(),
+            // The hash alone, and a hash that only appears in the middle of a name.
+            veth_hash("kube-system", "dns"),
+            format!("eni{}x", veth_hash("default", "web-2")),
+        ];
+        let idx = VethIndex::new(&links);
+        for (ns, name) in [
+            ("default", "web-1"),
+            ("shop", "cart"),
+            ("kube-system", "dns"),
+            ("default", "web-2"),
+            ("default", "web-3"),
+            ("", ""),
+        ] {
+            assert_eq!(
+                idx.pod_has_veth(ns, name),
+                pod_has_veth(ns, name, &links),
+                "{ns}/{name}"
+            );
+        }
+        assert!(idx.pod_has_veth("shop", "cart"));
+        assert!(!idx.pod_has_veth("default", "web-2"));
+        assert!(!VethIndex::new::<&str>(&[]).pod_has_veth("default", "web-1"));
     }
 
     #[test]

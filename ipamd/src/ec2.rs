@@ -270,39 +270,6 @@ pub struct SubnetInfo {
     pub tags: Tags,
 }
 
-/// Network limits of an instance type, from `DescribeInstanceTypes` (for types missing from the
-/// built-in limits table).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceTypeInfo {
-    /// e.g. `m5.large`.
-    pub instance_type: String,
-    /// `nitro` / `xen`; absent on bare metal.
-    pub hypervisor: Option<String>,
-    /// Bare-metal type.
-    pub bare_metal: bool,
-    /// Default vCPUs.
-    pub default_vcpus: u32,
-    /// Instance-wide ENI limit (sum over cards).
-    pub max_enis_total: u32,
-    /// ENI limit of the default card: the ENI budget for pods (ipam.md §13 #13).
-    pub max_enis_default_card: u32,
-    /// IPv4 addresses per ENI (primary included).
-    pub ipv4_per_eni: u32,
-    /// IPv6 addresses per ENI.
-    pub ipv6_per_eni: u32,
-    /// Index of the default network card.
-    pub default_card: u32,
-    /// (card index, ENI limit) per card.
-    pub cards: Vec<(u32, u32)>,
-}
-
-impl InstanceTypeInfo {
-    /// Prefix delegation needs Nitro or bare metal.
-    pub fn supports_prefixes(&self) -> bool {
-        self.bare_metal || self.hypervisor.as_deref() == Some("nitro")
-    }
-}
-
 /// One `Filter.N` of a describe call; values are OR-ed, filters AND-ed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
@@ -411,11 +378,13 @@ pub trait Ec2Api: Send + Sync {
         filters: &[Filter],
     ) -> impl Future<Output = Result<Vec<SubnetInfo>, Ec2Error>> + Send;
 
-    /// `DescribeInstanceTypes(InstanceType.N)`, all pages (≤ 100 types per request).
+    /// `DescribeInstanceTypes(InstanceType.N)`, all pages (≤ 100 types per request), as rows of
+    /// the built-in limits table (for types missing from it). A type whose answer lacks a field
+    /// the max-pods formula needs is an error naming the type and the field.
     fn describe_instance_types(
         &self,
         types: &[String],
-    ) -> impl Future<Output = Result<Vec<InstanceTypeInfo>, Ec2Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<awscni_limits::InstanceType>, Ec2Error>> + Send;
 
     /// `CreateTags` (overwrites values of existing keys).
     fn create_tags(
@@ -423,6 +392,12 @@ pub trait Ec2Api: Send + Sync {
         resource_ids: &[String],
         tags: &Tags,
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+
+    /// Metrics hook: counts a failure of the ENI helper layer built on these calls
+    /// (`awscni_aws_utils_error_count{fn, error}`). Test fakes keep the no-op default.
+    fn note_utils_error(&self, func: &'static str, error: &str) {
+        let _ = (func, error);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,16 +422,36 @@ pub struct ActionStats {
     pub latency_max: Duration,
     /// Sum of the time spent waiting for the token bucket.
     pub limiter_wait_total: Duration,
+    /// Attempt latencies by upstream's `awscni_aws_api_latency_ms` labels `(error, status)`:
+    /// `error` is whether the attempt failed, `status` the HTTP status (`200` on success, empty
+    /// when no response came back). Few distinct keys: one per status code seen.
+    pub latency_by_outcome: BTreeMap<(bool, String), LatencySum>,
 }
+
+/// Count and sum of latencies (a Prometheus summary without quantiles, as upstream's).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LatencySum {
+    /// Observations.
+    pub count: u64,
+    /// Their sum.
+    pub total: Duration,
+}
+
+/// Most distinct `(fn, error)` pairs kept for `awscni_aws_utils_error_count`; later new pairs
+/// are counted under `error="other"` so an unexpected error stream cannot grow the metric
+/// without bound.
+pub const MAX_UTILS_ERROR_LABELS: usize = 64;
 
 /// Per-action counters shared by every call of an [`SdkEc2`]; read by the metrics layer.
 #[derive(Debug, Default)]
 pub struct Ec2Stats {
     inner: Mutex<BTreeMap<&'static str, ActionStats>>,
+    /// Failures of the ENI helper layer by `(fn, error code)` (`awscni_aws_utils_error_count`).
+    utils_errors: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
 impl Ec2Stats {
-    fn record(
+    pub(crate) fn record(
         &self,
         action: &'static str,
         err: Option<&Ec2Error>,
@@ -476,6 +471,16 @@ impl Ec2Stats {
         s.latency_total += latency;
         s.latency_max = s.latency_max.max(latency);
         s.limiter_wait_total += waited;
+        let status = match err {
+            None => "200".to_string(),
+            Some(e) => e.status.map(|c| c.to_string()).unwrap_or_default(),
+        };
+        let l = s
+            .latency_by_outcome
+            .entry((err.is_some(), status))
+            .or_default();
+        l.count += 1;
+        l.total += latency;
         match err {
             None => s.ok += 1,
             Some(e) => {
@@ -499,6 +504,32 @@ impl Ec2Stats {
     /// Total attempts over all actions.
     pub fn total_attempts(&self) -> u64 {
         self.snapshot().values().map(|s| s.attempts).sum()
+    }
+
+    /// Counts one failure of the ENI helper layer (upstream `awsUtilsErrInc`): `func` is
+    /// upstream's function label (`AllocENIDeleteErr`, `FreeENIDeleteErr`, ...), `error` a
+    /// short error code (never a free-form message: those carry request IDs).
+    pub fn record_utils_error(&self, func: &'static str, error: &str) {
+        let mut m = match self.utils_errors.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let key = (func, error.to_string());
+        if let Some(v) = m.get_mut(&key) {
+            *v += 1;
+        } else if m.len() < MAX_UTILS_ERROR_LABELS {
+            m.insert(key, 1);
+        } else {
+            *m.entry((func, "other".to_string())).or_default() += 1;
+        }
+    }
+
+    /// Helper-layer failures by `(fn, error)`.
+    pub fn utils_errors(&self) -> BTreeMap<(&'static str, String), u64> {
+        match self.utils_errors.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 }
 
@@ -796,6 +827,10 @@ fn eni_from(action: &'static str, n: &t::NetworkInterface) -> Result<EniInfo, Ec
 }
 
 impl Ec2Api for SdkEc2 {
+    fn note_utils_error(&self, func: &'static str, error: &str) {
+        self.stats.record_utils_error(func, error);
+    }
+
     async fn describe_instance_enis(
         &self,
         instance_id: &str,
@@ -1133,7 +1168,7 @@ impl Ec2Api for SdkEc2 {
     async fn describe_instance_types(
         &self,
         types: &[String],
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+    ) -> Result<Vec<awscni_limits::InstanceType>, Ec2Error> {
         const A: &str = "DescribeInstanceTypes";
         let c = &self.client;
         let mut all = Vec::new();
@@ -1163,42 +1198,16 @@ impl Ec2Api for SdkEc2 {
                     })
                     .await?;
                 for it in out.instance_types() {
-                    let Some(name) = it.instance_type() else {
-                        continue;
-                    };
-                    let ni = it.network_info();
-                    let cards: Vec<(u32, u32)> = ni
-                        .map(|n| {
-                            n.network_cards()
-                                .iter()
-                                .map(|c| {
-                                    (
-                                        to_u32(c.network_card_index()),
-                                        to_u32(c.maximum_network_interfaces()),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let default_card = to_u32(ni.and_then(|n| n.default_network_card_index()));
-                    let total = to_u32(ni.and_then(|n| n.maximum_network_interfaces()));
-                    let max_enis_default_card = cards
-                        .iter()
-                        .find(|(i, _)| *i == default_card)
-                        .map(|(_, m)| *m)
-                        .unwrap_or(total);
-                    all.push(InstanceTypeInfo {
-                        instance_type: name.as_str().to_string(),
-                        hypervisor: it.hypervisor().map(|h| h.as_str().to_string()),
-                        bare_metal: it.bare_metal().unwrap_or(false),
-                        default_vcpus: to_u32(it.v_cpu_info().and_then(|v| v.default_v_cpus())),
-                        max_enis_total: total,
-                        max_enis_default_card,
-                        ipv4_per_eni: to_u32(ni.and_then(|n| n.ipv4_addresses_per_interface())),
-                        ipv6_per_eni: to_u32(ni.and_then(|n| n.ipv6_addresses_per_interface())),
-                        default_card,
-                        cards,
-                    });
+                    // One converter for the table generator, `max-pods --from-ec2` and us.
+                    let row =
+                        awscni_limits::ec2::instance_type_from_sdk(it).map_err(|e| Ec2Error {
+                            action: A,
+                            kind: Ec2ErrorKind::Transport,
+                            code: None,
+                            message: e.to_string(),
+                            status: None,
+                        })?;
+                    all.push(row);
                 }
                 match out.next_token() {
                     Some(tk) if !tk.is_empty() && pages < 1000 => token = Some(tk.to_string()),

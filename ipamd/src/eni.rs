@@ -75,6 +75,36 @@ pub enum EniError {
     /// The ENI is unmanaged and must not be touched.
     #[error("ENI {0} is not managed by this daemon")]
     Unmanaged(String),
+    /// A new ENI stopped being attached to this instance while we waited for it to show up.
+    #[error("new ENI {eni_id} is no longer attached to this instance ({state}); giving up on it")]
+    AttachmentLost {
+        /// ENI.
+        eni_id: String,
+        /// What EC2 says instead.
+        state: String,
+    },
+}
+
+/// While a new ENI is not visible yet, ask EC2 every this many IMDS polls whether it is still
+/// attached (with the default wait: after ~0.7 s, then about every 4 s; IMDS is local and
+/// cheap, EC2 is not).
+const ATTACHMENT_CHECK_EVERY: u32 = 4;
+
+/// Short, bounded error label of `awscni_aws_utils_error_count` (metrics hook): the AWS error
+/// code when EC2 answered one, else the failure kind. Upstream puts the whole error text there,
+/// which carries request IDs and makes every failure a new series.
+pub fn utils_error_code(e: &EniError) -> String {
+    let ec2 = |e: &Ec2Error| e.code.clone().unwrap_or_else(|| "transport".to_string());
+    match e {
+        EniError::Ec2(e) => ec2(e),
+        EniError::SubnetsExhausted { last, .. } => ec2(last),
+        EniError::Imds(_) => "IMDS".to_string(),
+        EniError::NoSubnet => "NoSubnet".to_string(),
+        EniError::NoFreeDeviceIndex { .. } => "NoFreeDeviceIndex".to_string(),
+        EniError::NotVisible { .. } => "NotVisible".to_string(),
+        EniError::Unmanaged(_) => "Unmanaged".to_string(),
+        EniError::AttachmentLost { .. } => "AttachmentLost".to_string(),
+    }
 }
 
 /// Bounded exponential backoff with jitter.
@@ -270,6 +300,30 @@ pub struct EniManager<E, S, L> {
     /// Device indexes handed out by [`EniManager::prepare_attach`] whose attach has not
     /// returned yet: EC2 does not show them, so a concurrent round must not pick them again.
     reserved: std::sync::Arc<std::sync::Mutex<BTreeSet<u32>>>,
+    /// ENIs this manager created whose create-and-attach has not returned yet. Between
+    /// `CreateNetworkInterface` and the attach they are `available` and tagged exactly like a
+    /// previous run's leftovers: [`EniManager::delete_own_leftovers`] must not take them.
+    creating: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// When this manager was built (before any ENI it creates): a `createdAt` tag at or after
+    /// it is ours, not a previous run's (covers the create request still in flight, whose ID
+    /// is not known yet).
+    started: OffsetDateTime,
+}
+
+/// Takes an ENI out of [`EniManager`]'s `creating` set when its create-and-attach returns, on
+/// every path (success, error, cancelled future).
+struct CreatingGuard {
+    set: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
+    id: String,
+}
+
+impl Drop for CreatingGuard {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
@@ -281,7 +335,17 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
             link,
             settings,
             reserved: Default::default(),
+            creating: Default::default(),
+            started: OffsetDateTime::now_utc(),
         }
+    }
+
+    /// ENIs this manager is creating right now (created, create-and-attach not returned).
+    pub fn creating(&self) -> BTreeSet<String> {
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn reserved(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
@@ -530,12 +594,20 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
             (None, None) => return Err(EniError::NoSubnet),
         };
         tracing::info!(eni = %eni.eni_id, subnet = %eni.subnet_id, "created ENI");
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(eni.eni_id.clone());
+        let _creating = CreatingGuard {
+            set: self.creating.clone(),
+            id: eni.eni_id.clone(),
+        };
 
         let (attachment_id, device_index) =
             match self.attach_free_index(&eni.eni_id, slot.device_index).await {
                 Ok(v) => v,
                 Err(e) => {
-                    self.rollback(&eni.eni_id, None).await;
+                    self.rollback(&eni.eni_id, None, "AllocENIDeleteErr").await;
                     return Err(e);
                 }
             };
@@ -544,13 +616,19 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
             .set_delete_on_termination(&eni.eni_id, &attachment_id)
             .await
         {
-            self.rollback(&eni.eni_id, Some(&attachment_id)).await;
+            self.rollback(
+                &eni.eni_id,
+                Some(&attachment_id),
+                "ENICleanupUponModifyNetworkErr",
+            )
+            .await;
             return Err(e.into());
         }
         let metadata = match self.wait_visible(&eni, addresses).await {
             Ok(m) => m,
             Err(e) => {
-                self.rollback(&eni.eni_id, Some(&attachment_id)).await;
+                self.rollback(&eni.eni_id, Some(&attachment_id), "AllocENIDeleteErr")
+                    .await;
                 return Err(e);
             }
         };
@@ -674,6 +752,17 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "IMDS read failed while waiting for ENI"),
             }
+            if n % ATTACHMENT_CHECK_EVERY == 0
+                && let Some(state) = self.attachment_lost(&eni.eni_id).await
+            {
+                // Detached or deleted behind our back (another actor, an operator): it will
+                // never show up, and every second spent waiting holds an ENI slot of the
+                // pool's growth in flight.
+                return Err(EniError::AttachmentLost {
+                    eni_id: eni.eni_id.clone(),
+                    state,
+                });
+            }
             if n < w.attempts {
                 tokio::time::sleep(w.pause(n)).await;
             }
@@ -696,9 +785,48 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
         }
     }
 
-    async fn rollback(&self, eni_id: &str, attachment_id: Option<&str>) {
+    /// While waiting for a new ENI to show up: `Some(what EC2 says)` when it is no longer
+    /// attached to this instance (deleted, detached, attached elsewhere). `None` while it is
+    /// still attaching/attached here, and when EC2 cannot be asked (keep waiting, as before).
+    async fn attachment_lost(&self, eni_id: &str) -> Option<String> {
+        let list = match self
+            .ec2
+            .describe_network_interfaces(&[eni_id.to_string()])
+            .await
+        {
+            Ok(l) => l,
+            Err(e) if e.is_not_found() => return Some("deleted".to_string()),
+            Err(e) => {
+                tracing::debug!(eni = eni_id, error = %e, "cannot check the attachment while waiting");
+                return None;
+            }
+        };
+        let Some(e) = list.into_iter().find(|e| e.eni_id == eni_id) else {
+            return Some("deleted".to_string());
+        };
+        match &e.attachment {
+            Some(a)
+                if a.instance_id.as_deref() == Some(self.settings.instance_id.as_str())
+                    && matches!(a.status.as_str(), "attaching" | "attached") =>
+            {
+                None
+            }
+            Some(a) => Some(format!(
+                "attachment {} to {} is {}",
+                a.attachment_id,
+                a.instance_id.as_deref().unwrap_or("?"),
+                a.status
+            )),
+            None => Some(format!("{} without attachment", e.status)),
+        }
+    }
+
+    /// `utils_fn`: upstream's `awscni_aws_utils_error_count` function label for a failed
+    /// rollback.
+    async fn rollback(&self, eni_id: &str, attachment_id: Option<&str>, utils_fn: &'static str) {
         tracing::warn!(eni = eni_id, "rolling back ENI creation");
         if let Err(e) = self.detach_and_delete(eni_id, attachment_id).await {
+            self.ec2.note_utils_error(utils_fn, &utils_error_code(&e));
             // The leaked-ENI sweep will find it (tagged with us, `available`).
             tracing::error!(eni = eni_id, error = %e, "rollback failed; leaked-ENI sweep will retry");
         }
@@ -750,7 +878,13 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
         {
             Ok(l) => l,
             Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                let e = EniError::from(e);
+                // Metrics hook (upstream's label for failing to find the attachment).
+                self.ec2
+                    .note_utils_error("getENIAttachmentIDFailed", &utils_error_code(&e));
+                return Err(e);
+            }
         };
         let Some(eni) = list.into_iter().find(|e| e.eni_id == eni_id) else {
             return Ok(());
@@ -763,7 +897,14 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
             return Err(EniError::Unmanaged(eni_id.to_string()));
         }
         let att = eni.attachment.as_ref().map(|a| a.attachment_id.as_str());
-        self.detach_and_delete(eni_id, att).await
+        let res = self.detach_and_delete(eni_id, att).await;
+        if let Err(e) = &res {
+            // Metrics hook. Upstream counts only the delete step under this label; ours counts
+            // a failed detach too (both leave the ENI for the leaked-ENI sweep).
+            self.ec2
+                .note_utils_error("FreeENIDeleteErr", &utils_error_code(e));
+        }
+        res
     }
 
     /// `DescribeNetworkInterfaces` for `ids`, dropping IDs EC2 reports as unknown (it fails the
@@ -826,6 +967,74 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
             .ec2
             .create_tags(eni_ids, &self.ownership_tags())
             .await?)
+    }
+
+    /// Deletes `available` ENIs a previous run of this daemon created and left behind (killed
+    /// between `CreateNetworkInterface` and the attach, or during a detach), at start-up.
+    /// Returns the deleted IDs.
+    ///
+    /// After a restart this runs while the pool already grows, so an ENI this process is
+    /// creating looks exactly like a leftover (ours, `available`, same description) between its
+    /// create and its attach. Those are skipped (the `creating` set, and a `createdAt` tag not
+    /// older than this manager), and a leftover is only ever deleted, never detached: if it got
+    /// attached after the listing, EC2 refuses the delete and it is left alone. Detaching it
+    /// instead (as a full free would) pulls an ENI out from under its own growth, which then
+    /// waits in vain for it to show up in IMDS while counting as growth in flight.
+    pub async fn delete_own_leftovers(&self) -> Result<Vec<String>, EniError> {
+        let filters = [
+            Filter::new(
+                &format!("tag:{TAG_INSTANCE_ID}"),
+                &self.settings.instance_id,
+            ),
+            Filter::new("status", "available"),
+            Filter::new("vpc-id", &self.settings.vpc_id),
+        ];
+        let found = self
+            .ec2
+            .describe_network_interfaces_filtered(&filters)
+            .await?;
+        let mut deleted = Vec::new();
+        for e in found {
+            if e.status != "available"
+                || e.description != self.description()
+                || self.unmanaged_reason(&e, false).is_some()
+            {
+                continue;
+            }
+            if self.is_own_new(&e) {
+                tracing::debug!(eni = %e.eni_id, "ENI being created by this run; not a leftover");
+                continue;
+            }
+            match self.ec2.delete_network_interface(&e.eni_id).await {
+                Ok(()) => {
+                    tracing::info!(eni = %e.eni_id, "deleted ENI a previous run left behind");
+                    deleted.push(e.eni_id);
+                }
+                Err(err) if err.is_not_found() => {}
+                Err(err) => {
+                    // Typically "currently in use": attached since the listing. Not ours to
+                    // detach; if it really leaked, the leaked-ENI sweep deletes it later.
+                    tracing::warn!(eni = %e.eni_id, error = %err, "cannot delete leftover ENI")
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Whether `eni` was created by this manager (in progress, or tagged at or after its start).
+    fn is_own_new(&self, eni: &EniInfo) -> bool {
+        if self
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&eni.eni_id)
+        {
+            return true;
+        }
+        eni.tags
+            .get(TAG_CREATED_AT)
+            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+            .is_some_and(|created| created >= self.started)
     }
 
     /// One pass of the two-phase leaked-ENI sweep: `available` ENIs tagged with this instance,
@@ -918,7 +1127,7 @@ impl<E: Ec2Api, S: MetadataSource, L: LinkProbe> EniManager<E, S, L> {
 mod tests {
     use super::*;
     use crate::ec2::{Ec2Settings, RetryPolicy, SdkEc2};
-    use crate::imds::{AwsImdsSource, ImdsSettings};
+    use crate::imds::{HttpImdsSource, ImdsSettings};
     use crate::limiter::{LimiterSettings, TokenBucket};
     use std::sync::Arc;
     use vpcsim::server::{Sim, SimConfig};
@@ -935,7 +1144,7 @@ mod tests {
         let inst = sim.add_instance("m5.xlarge", &subnet).unwrap();
         let ep = sim.serve_loopback().await.unwrap();
         let imds = Imds::new(
-            AwsImdsSource::new(&ImdsSettings {
+            HttpImdsSource::new(&ImdsSettings {
                 endpoint: Some(format!(
                     "http://{}",
                     ep.imds_for(&inst.instance_id).unwrap()

@@ -70,6 +70,8 @@ pub struct CounterValues {
     pub last_decision: Option<LastDecision>,
     /// Running instances per [`crate::metrics::ACTIONS`] entry.
     pub in_progress: [usize; crate::metrics::ACTIONS.len()],
+    /// Start-up durations, once the daemon serves.
+    pub startup: crate::metrics::StartupValues,
 }
 
 fn ld(a: &std::sync::atomic::AtomicUsize) -> u64 {
@@ -94,6 +96,7 @@ impl CounterValues {
             pool_decisions: c.pool_decisions.counts(),
             last_decision: c.pool_decisions.last(),
             in_progress: c.in_progress.values(),
+            startup: c.startup.values(),
         }
     }
 }
@@ -134,6 +137,8 @@ pub struct Snapshot {
     pub counters: CounterValues,
     /// Node facts.
     pub node: NodeInfo,
+    /// Subnet ID of each ENI, where known (upstream's `SubnetID` in `/v1/enis`).
+    pub subnet_ids: BTreeMap<EniId, String>,
 }
 
 impl Snapshot {
@@ -183,6 +188,7 @@ impl Snapshot {
             last_pool_error: None,
             counters: CounterValues::default(),
             node: NodeInfo::default(),
+            subnet_ids: BTreeMap::new(),
         }
     }
 
@@ -221,6 +227,7 @@ impl<C: Cloud, H: Host> Observe for Core<C, H> {
         s.last_pool_error = self.last_pool_error();
         s.counters = CounterValues::read(&self.counters);
         s.node = self.node.clone();
+        s.subnet_ids = self.eni_subnet_ids();
         s
     }
     fn config(&self) -> &Config {
@@ -384,7 +391,7 @@ pub struct EniJson {
     /// Host route table of its pods.
     #[serde(rename = "RouteTableID")]
     pub route_table_id: u32,
-    /// Subnet ID (empty: the datastore keeps the subnet CIDR, not its ID).
+    /// Subnet ID (`subnet-…`, as IMDS and EC2 report it; empty only while unknown).
     #[serde(rename = "SubnetID")]
     pub subnet_id: String,
 }
@@ -473,7 +480,7 @@ pub fn enis_json(s: &Snapshot) -> BTreeMap<String, EniInfosJson> {
                 excluded: info.is_some_and(|i| i.excluded),
                 route_table_id: info
                     .map_or(crate::datastore::MAIN_ROUTE_TABLE, |i| i.route_table()),
-                subnet_id: String::new(),
+                subnet_id: s.subnet_ids.get(&e.id).cloned().unwrap_or_default(),
             },
         );
     }
@@ -1468,7 +1475,18 @@ mod tests {
             assert_eq!(j["DeviceNumber"], e.device_number);
             assert_eq!(j["IsExcludedForPodIPs"], e.excluded);
             assert_eq!(j["RouteTableID"], e.route_table());
-            assert_eq!(j["SubnetID"], "");
+            // The subnet ID EC2 (here the fake) reports for the ENI.
+            let subnet = c
+                .cloud()
+                .enis
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|x| x.eni_id == e.id)
+                .map(|x| x.subnet_id.clone())
+                .unwrap();
+            assert!(subnet.starts_with("subnet-"), "{subnet}");
+            assert_eq!(j["SubnetID"], subnet.as_str());
             assert_eq!(j["IPv6Cidrs"], serde_json::json!({}));
             let cidrs = c.with_ds(|ds| ds.eni_cidrs(&e.id));
             let keys: Vec<String> = j["AvailableIPv4Cidrs"]

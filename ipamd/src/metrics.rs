@@ -98,6 +98,61 @@ impl WaitHistogram {
     }
 }
 
+impl HistogramValues {
+    /// The histogram of `observations` (seconds) over the upper bounds `buckets`.
+    pub fn of(buckets: &[f64], observations: &[f64]) -> Self {
+        Self {
+            cumulative: buckets
+                .iter()
+                .map(|b| observations.iter().filter(|o| **o <= *b).count() as u64)
+                .collect(),
+            count: observations.len() as u64,
+            sum_seconds: observations.iter().sum(),
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the start-up histograms
+/// (`awscni_ipamd_startup_duration_seconds`, `awscni_ipamd_node_initialization_duration_seconds`):
+/// a restart that restores a checkpoint serves in well under a second; a fresh node waits for
+/// its first ENI fill (an EC2 attach is seconds; the first fill is bounded at 60 s before we
+/// serve anyway); beyond that something is wrong.
+pub const STARTUP_BUCKETS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+
+/// How long this process took to start (one observation each per process, as upstream).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StartupValues {
+    /// Process start (the start of `daemon::run`) to serving gRPC, once done.
+    pub startup: Option<Duration>,
+    /// Node initialisation (ENI discovery, datastore, restore, host set-up, first fill), once done.
+    pub node_init: Option<Duration>,
+}
+
+/// Start-up durations recorded by the daemon (metrics hook in `daemon::run`).
+#[derive(Debug, Default)]
+pub struct StartupDurations {
+    inner: Mutex<StartupValues>,
+}
+
+impl StartupDurations {
+    /// Records a successful start-up: `startup` from process start to serving, `node_init` the
+    /// node initialisation part of it.
+    ///
+    /// Only successes are recorded: a failed start exits the process (its supervisor restarts
+    /// it) before any scrape could see a failure sample.
+    pub fn record(&self, startup: Duration, node_init: Duration) {
+        *lock(&self.inner) = StartupValues {
+            startup: Some(startup),
+            node_init: Some(node_init),
+        };
+    }
+
+    /// Current values.
+    pub fn values(&self) -> StartupValues {
+        *lock(&self.inner)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Counters only: a panic elsewhere cannot leave them inconsistent in a way that matters.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -441,8 +496,32 @@ pub const FAMILIES: &[FamilySpec] = &[
     up(
         "awscni_aws_api_latency_ms",
         Summary,
-        &["api"],
+        &["api", "error", "status"],
         "AWS API call latency in ms (EC2 attempts; limiter wait excluded)",
+    ),
+    up(
+        "awscni_aws_utils_error_count",
+        Counter,
+        &["fn", "error"],
+        "The number of errors not handled in awsutils library",
+    ),
+    up(
+        "awscni_ipamd_startup_duration_seconds",
+        Histogram,
+        &["success", "with_api_server", "failure_reason"],
+        "Time from ipamd process start to serving gRPC",
+    ),
+    up(
+        "awscni_ipamd_node_initialization_duration_seconds",
+        Histogram,
+        &["success"],
+        "Time taken by node initialisation (ENI discovery, datastore restore, host set-up, first fill)",
+    ),
+    up(
+        "awscni_connmark_backend",
+        Gauge,
+        &["backend"],
+        "The connmark backend in use (1 for the active one)",
     ),
     ours(
         "awscni_max_pods",
@@ -668,13 +747,14 @@ impl Builder {
         });
     }
 
-    fn histogram(&mut self, name: &str, h: &HistogramValues) {
-        self.push(name, &[], |m| {
+    fn histogram(&mut self, name: &str, values: &[&str], buckets: &[f64], h: &HistogramValues) {
+        debug_assert_eq!(buckets.len(), h.cumulative.len(), "buckets of {name}");
+        self.push(name, values, |m| {
             let mut p = proto::Histogram::default();
             p.set_sample_count(h.count);
             p.set_sample_sum(h.sum_seconds);
             p.set_bucket(
-                WAIT_BUCKETS
+                buckets
                     .iter()
                     .zip(&h.cumulative)
                     .map(|(ub, c)| {
@@ -734,6 +814,8 @@ pub struct Extras {
     pub ec2: Option<Arc<Ec2Stats>>,
     /// The EC2 token bucket.
     pub limiter: Option<Arc<TokenBucket>>,
+    /// IMDS read latencies (`api="GetMetadata"` of `awscni_aws_api_latency_ms`).
+    pub imds: Option<Arc<crate::imds::ImdsStats>>,
 }
 
 /// Version label of `awscni_build_info`'s `goversion`: the Rust toolchain we require.
@@ -794,6 +876,20 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
         c.reconcile_passes as f64,
     );
 
+    if let Some(imds) = &extras.imds {
+        for ((failed, status), (count, total)) in imds.snapshot() {
+            b.summary(
+                "awscni_aws_api_latency_ms",
+                &[
+                    "GetMetadata",
+                    if failed { "true" } else { "false" },
+                    &status,
+                ],
+                count,
+                total.as_secs_f64() * 1e3,
+            );
+        }
+    }
     if let Some(ec2) = &extras.ec2 {
         for (action, s) in ec2.snapshot() {
             let errors: u64 = s.errors.values().sum();
@@ -808,12 +904,14 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
                 &[action, "success"],
                 s.ok as f64,
             );
-            b.summary(
-                "awscni_aws_api_latency_ms",
-                &[action],
-                s.attempts,
-                s.latency_total.as_secs_f64() * 1e3,
-            );
+            for ((failed, status), l) in &s.latency_by_outcome {
+                b.summary(
+                    "awscni_aws_api_latency_ms",
+                    &[action, if *failed { "true" } else { "false" }, status],
+                    l.count,
+                    l.total.as_secs_f64() * 1e3,
+                );
+            }
             b.value(
                 "awscni_ec2api_throttle_count",
                 &[action],
@@ -826,7 +924,30 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
                 s.latency_max.as_secs_f64() * 1e3,
             );
         }
+        for ((func, error), n) in ec2.utils_errors() {
+            b.value("awscni_aws_utils_error_count", &[func, &error], n as f64);
+        }
     }
+    // Upstream observes these once, when the start-up ends; no series before that.
+    if let Some(d) = c.startup.startup {
+        // No Kubernetes API client in this release: `with_api_server` is always false.
+        b.histogram(
+            "awscni_ipamd_startup_duration_seconds",
+            &["true", "false", ""],
+            &STARTUP_BUCKETS,
+            &HistogramValues::of(&STARTUP_BUCKETS, &[d.as_secs_f64()]),
+        );
+    }
+    if let Some(d) = c.startup.node_init {
+        b.histogram(
+            "awscni_ipamd_node_initialization_duration_seconds",
+            &["true"],
+            &STARTUP_BUCKETS,
+            &HistogramValues::of(&STARTUP_BUCKETS, &[d.as_secs_f64()]),
+        );
+    }
+    // SNAT and connmark rules are iptables rules (hostnet.rs); there is no nftables backend.
+    b.value("awscni_connmark_backend", &["iptables"], 1.0);
 
     b.value("awscni_max_pods", &[], f64::from(snap.limits.max_pods));
     b.value("awscni_free_ip_addresses", &[], u(st.free()));
@@ -838,7 +959,12 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
         &[],
         c.add_no_address as f64,
     );
-    b.histogram("awscni_add_ip_wait_seconds", &c.add_wait);
+    b.histogram(
+        "awscni_add_ip_wait_seconds",
+        &[],
+        &WAIT_BUCKETS,
+        &c.add_wait,
+    );
     for ((action, reason), n) in &c.pool_decisions {
         b.value("awscni_pool_decisions", &[action, reason], *n as f64);
     }
@@ -1273,6 +1399,7 @@ mod tests {
         let extras = Extras {
             ec2: None,
             limiter: Some(bucket.clone()),
+            imds: None,
         };
         let (s, t) = parse_text(&encode(&awscni_families(&snap, &extras, "v"))).unwrap();
         let one = |n: &str| sample(&s, n)[0].value;
@@ -1305,7 +1432,7 @@ mod tests {
         // Buckets: 0.01 0.05 0.1 0.25 0.5 1 2 5 10 (+Inf = count).
         assert_eq!(v.cumulative, [1, 1, 1, 1, 3, 3, 3, 3, 3]);
         let mut b = Builder::default();
-        b.histogram("awscni_add_ip_wait_seconds", &v);
+        b.histogram("awscni_add_ip_wait_seconds", &[], &WAIT_BUCKETS, &v);
         let (s, t) = parse_text(&encode(&b.families(FAMILIES))).unwrap();
         assert_eq!(t["awscni_add_ip_wait_seconds"], "histogram");
         let finite: Vec<f64> = s
@@ -1451,6 +1578,192 @@ mod tests {
         assert!(parse_text("x abc").is_err());
     }
 
+    /// The upstream families added last: latency summary by `(api, error, status)` with count
+    /// and sum only (upstream's summary has no quantiles), helper-layer errors, the start-up
+    /// histograms and the connmark backend, read back from the exposition text.
+    #[test]
+    fn latency_utils_errors_startup_and_connmark_in_the_exposition() {
+        let stats = Arc::new(Ec2Stats::default());
+        let ms = Duration::from_millis;
+        let bad = |status: Option<u16>, code: Option<&str>| crate::ec2::Ec2Error {
+            action: "AttachNetworkInterface",
+            kind: crate::ec2::Ec2ErrorKind::Client,
+            code: code.map(str::to_owned),
+            message: "m".into(),
+            status,
+        };
+        stats.record(
+            "AttachNetworkInterface",
+            None,
+            ms(10),
+            Duration::ZERO,
+            false,
+        );
+        stats.record(
+            "AttachNetworkInterface",
+            None,
+            ms(30),
+            Duration::ZERO,
+            false,
+        );
+        let e400 = bad(Some(400), Some("InvalidParameterValue"));
+        stats.record("AttachNetworkInterface", Some(&e400), ms(5), ms(0), false);
+        let transport = bad(None, None);
+        stats.record(
+            "AttachNetworkInterface",
+            Some(&transport),
+            ms(7),
+            ms(0),
+            true,
+        );
+        stats.record_utils_error("FreeENIDeleteErr", "UnauthorizedOperation");
+        stats.record_utils_error("FreeENIDeleteErr", "UnauthorizedOperation");
+        stats.record_utils_error("AllocENIDeleteErr", "transport");
+
+        let ds = Datastore::new(false, Duration::from_secs(30));
+        let mut snap = Snapshot::from_datastore(&ds, SystemTime::now());
+        let imds = Arc::new(crate::imds::ImdsStats::default());
+        imds.record(false, "200", Duration::from_millis(2));
+        imds.record(false, "200", Duration::from_millis(4));
+        imds.record(true, "404", Duration::from_millis(1));
+        let extras = Extras {
+            ec2: Some(stats.clone()),
+            limiter: None,
+            imds: Some(imds),
+        };
+        // Before the daemon serves: no start-up series at all (upstream observes once, at the
+        // end of the start-up).
+        let (s, _) = parse_text(&encode(&awscni_families(&snap, &extras, "v"))).unwrap();
+        assert!(s.iter().all(
+            |x| !x.name.starts_with("awscni_ipamd_startup_duration_seconds")
+                && !x.name.starts_with("awscni_ipamd_node_initialization")
+        ));
+        let startup = StartupDurations::default();
+        startup.record(Duration::from_millis(3200), Duration::from_millis(2500));
+        snap.counters.startup = startup.values();
+        let text = encode(&awscni_families(&snap, &extras, "v"));
+        let (s, t) = parse_text(&text).unwrap();
+        let find = |name: &str, labels: &[(&str, &str)]| -> Vec<f64> {
+            s.iter()
+                .filter(|x| {
+                    x.name == name
+                        && labels
+                            .iter()
+                            .all(|(k, v)| x.labels.get(*k).map(String::as_str) == Some(*v))
+                })
+                .map(|x| x.value)
+                .collect()
+        };
+        let one = |name: &str, labels: &[(&str, &str)]| -> f64 {
+            let v = find(name, labels);
+            assert_eq!(v.len(), 1, "{name} {labels:?} in\n{text}");
+            v[0]
+        };
+
+        // Latency: one series per outcome, count and sum in ms, no quantiles.
+        assert_eq!(t["awscni_aws_api_latency_ms"], "summary");
+        let api = ("api", "AttachNetworkInterface");
+        let ok = [api, ("error", "false"), ("status", "200")];
+        assert_eq!(one("awscni_aws_api_latency_ms_count", &ok), 2.0);
+        assert!((one("awscni_aws_api_latency_ms_sum", &ok) - 40.0).abs() < 1e-6);
+        let e = [api, ("error", "true"), ("status", "400")];
+        assert_eq!(one("awscni_aws_api_latency_ms_count", &e), 1.0);
+        assert!((one("awscni_aws_api_latency_ms_sum", &e) - 5.0).abs() < 1e-6);
+        let e = [api, ("error", "true"), ("status", "")];
+        assert_eq!(one("awscni_aws_api_latency_ms_count", &e), 1.0);
+        assert_eq!(find("awscni_aws_api_latency_ms_count", &[api]).len(), 3);
+        // IMDS reads are in the same summary as upstream's `GetMetadata`.
+        let md = ("api", "GetMetadata");
+        let ok = [md, ("error", "false"), ("status", "200")];
+        assert_eq!(one("awscni_aws_api_latency_ms_count", &ok), 2.0);
+        assert!((one("awscni_aws_api_latency_ms_sum", &ok) - 6.0).abs() < 1e-6);
+        let nf = [md, ("error", "true"), ("status", "404")];
+        assert_eq!(one("awscni_aws_api_latency_ms_count", &nf), 1.0);
+        assert!(
+            s.iter()
+                .filter(|x| x.name.starts_with("awscni_aws_api_latency_ms"))
+                .all(|x| !x.labels.contains_key("quantile")),
+            "{text}"
+        );
+
+        // Helper-layer errors.
+        assert_eq!(t["awscni_aws_utils_error_count"], "counter");
+        assert_eq!(
+            one(
+                "awscni_aws_utils_error_count",
+                &[
+                    ("fn", "FreeENIDeleteErr"),
+                    ("error", "UnauthorizedOperation")
+                ]
+            ),
+            2.0
+        );
+        assert_eq!(
+            one(
+                "awscni_aws_utils_error_count",
+                &[("fn", "AllocENIDeleteErr"), ("error", "transport")]
+            ),
+            1.0
+        );
+
+        // Start-up histograms: 3.2 s and 2.5 s land in the 5 s bucket, not the 2 s one.
+        let st = "awscni_ipamd_startup_duration_seconds";
+        assert_eq!(t[st], "histogram");
+        let labels = [
+            ("success", "true"),
+            ("with_api_server", "false"),
+            ("failure_reason", ""),
+        ];
+        assert_eq!(one(&format!("{st}_count"), &labels), 1.0);
+        assert!((one(&format!("{st}_sum"), &labels) - 3.2).abs() < 1e-9);
+        let bucket = |name: &str, le: &str| one(&format!("{name}_bucket"), &[("le", le)]);
+        assert_eq!(bucket(st, "2"), 0.0);
+        assert_eq!(bucket(st, "5"), 1.0);
+        assert_eq!(bucket(st, "+Inf"), 1.0);
+        assert_eq!(
+            find(&format!("{st}_bucket"), &[]).len(),
+            STARTUP_BUCKETS.len() + 1
+        );
+        let ni = "awscni_ipamd_node_initialization_duration_seconds";
+        assert_eq!(t[ni], "histogram");
+        assert_eq!(one(&format!("{ni}_count"), &[("success", "true")]), 1.0);
+        assert!((one(&format!("{ni}_sum"), &[]) - 2.5).abs() < 1e-9);
+        assert_eq!(bucket(ni, "2"), 0.0);
+        assert_eq!(bucket(ni, "5"), 1.0);
+
+        // The connmark backend: iptables, the only one we have.
+        assert_eq!(t["awscni_connmark_backend"], "gauge");
+        assert_eq!(
+            one("awscni_connmark_backend", &[("backend", "iptables")]),
+            1.0
+        );
+        assert_eq!(find("awscni_connmark_backend", &[]).len(), 1);
+    }
+
+    #[test]
+    fn utils_error_labels_are_bounded() {
+        let stats = Ec2Stats::default();
+        for i in 0..100 {
+            stats.record_utils_error("FreeENIDeleteErr", &format!("Code{i}"));
+        }
+        stats.record_utils_error("FreeENIDeleteErr", "Code1");
+        let m = stats.utils_errors();
+        assert_eq!(m.len(), crate::ec2::MAX_UTILS_ERROR_LABELS + 1);
+        assert_eq!(m[&("FreeENIDeleteErr", "Code1".to_owned())], 2);
+        assert_eq!(
+            m[&("FreeENIDeleteErr", "other".to_owned())],
+            100 - crate::ec2::MAX_UTILS_ERROR_LABELS as u64
+        );
+    }
+
+    #[test]
+    fn histogram_of_observations() {
+        let h = HistogramValues::of(&[1.0, 2.0, 5.0], &[0.5, 1.0, 3.0, 9.0]);
+        assert_eq!(h.cumulative, [2, 2, 3]);
+        assert_eq!(h.count, 4);
+        assert!((h.sum_seconds - 13.5).abs() < 1e-12);
+    }
+
     /// docs/operations.md lists every metric we export.
     #[test]
     fn every_metric_is_documented() {
@@ -1493,6 +1806,13 @@ mod tests {
             ("awscni_force_removed_enis", Kind::Counter),
             ("awscni_ipamd_error_count", Kind::Counter),
             ("awscni_reconcile_count", Kind::Counter),
+            ("awscni_aws_utils_error_count", Kind::Counter),
+            ("awscni_ipamd_startup_duration_seconds", Kind::Histogram),
+            (
+                "awscni_ipamd_node_initialization_duration_seconds",
+                Kind::Histogram,
+            ),
+            ("awscni_connmark_backend", Kind::Gauge),
         ] {
             let s = spec(name).unwrap_or_else(|| panic!("{name} missing"));
             assert_eq!(s.kind, kind, "{name}");

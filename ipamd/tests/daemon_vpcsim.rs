@@ -57,6 +57,8 @@ struct Started {
     ec2: SdkEc2,
     instance_id: String,
     subnet_id: String,
+    /// vpcsim's admin API (faults).
+    admin: std::net::SocketAddr,
 }
 
 async fn start(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> Arc<TestCore> {
@@ -65,6 +67,7 @@ async fn start(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> 
 
 async fn start_full(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]) -> Started {
     let common::VpcsimNode {
+        ep,
         subnet,
         src,
         meta,
@@ -111,7 +114,22 @@ async fn start_full(sim: &Arc<Sim>, dir: &std::path::Path, vars: &[(&str, &str)]
         ec2,
         instance_id: meta.instance_id,
         subnet_id: subnet,
+        admin: ep.admin,
     }
+}
+
+/// `PUT /faults/{action}` on vpcsim's admin API.
+async fn put_fault(admin: std::net::SocketAddr, action: &str, body: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req = format!(
+        "PUT /faults/{action} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 2"), "fault not accepted: {resp}");
 }
 
 fn key(i: usize) -> IpamKey {
@@ -267,8 +285,27 @@ async fn startup_deletes_own_available_enis_only() {
         .create_network_interface(&mk("user ENI".into(), &st.instance_id))
         .await
         .unwrap();
+    // One created by this run (its `createdAt` is after the daemon started), whose attach has
+    // not happened yet: not a leftover.
+    let mut fresh = mk(format!("aws-K8S-{}", st.instance_id), &st.instance_id);
+    fresh.tags.insert(
+        ipamd::eni::TAG_CREATED_AT.into(),
+        time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+    );
+    let fresh = st.ec2.create_network_interface(&fresh).await.unwrap();
     let deleted = st.core.cloud().delete_own_available().await.unwrap();
     assert_eq!(deleted, vec![ours.eni_id.clone()]);
+    assert_eq!(
+        st.core
+            .cloud()
+            .describe(std::slice::from_ref(&fresh.eni_id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let left: Vec<String> = st
         .core
         .cloud()
@@ -280,6 +317,219 @@ async fn startup_deletes_own_available_enis_only() {
         .collect();
     assert_eq!(left.len(), 2);
     assert!(left.contains(&other_node.eni_id) && left.contains(&user.eni_id));
+}
+
+/// ENIs of the instance as EC2 lists them (tagged with it): `(id, status)`, sorted.
+async fn our_enis(st: &Started) -> Vec<(String, String)> {
+    use ipamd::ec2::{Ec2Api, Filter};
+    let filters = [Filter::new(
+        &format!("tag:{}", ipamd::eni::TAG_INSTANCE_ID),
+        &st.instance_id,
+    )];
+    let mut v: Vec<(String, String)> = st
+        .ec2
+        .describe_network_interfaces_filtered(&filters)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.eni_id, e.status))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `kill -9` during an ADD storm, then restart (e2e `kill9_during_add_storm`, 1 run in 18): a
+/// restarted daemon runs its clean-up of a previous run's `available` ENIs after it serves,
+/// i.e. while the pool already grows. An ENI the pool has just created is `available` until its
+/// attach lands and looked exactly like such a leftover: the clean-up freed it (detaching it
+/// once attached), the growth then waited ~25 s for an ENI that never showed up in IMDS, counted
+/// as in flight all along, so the pool took its ENI slot as taken and never grew for the
+/// waiting ADD. Here the attach is held back so that the clean-up runs between create and
+/// attach every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_cleanup_spares_the_eni_the_pool_is_creating() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::new(SimConfig::default());
+    let st = start_full(&sim, dir.path(), &[("AWS_VPC_CNI_ADD_WAIT_MS", "30000")]).await;
+    let core = st.core.clone();
+    core.pool_pass().await;
+    for i in 0..9 {
+        let r = core.add(&key(i), &PodMeta::default()).await.unwrap();
+        assert!(matches!(r, AddOutcome::Assigned(_)), "{r:?}");
+    }
+    // The primary ENI is full: the next ADD needs a new ENI, whose attach takes a while.
+    put_fault(st.admin, "AttachNetworkInterface", r#"{"latency_ms":1500}"#).await;
+    let pm = tokio::spawn(core.clone().pool_manager());
+    let c = core.clone();
+    let add = tokio::spawn(async move { c.add(&key(9), &PodMeta::default()).await.unwrap() });
+    let mut creating = Vec::new();
+    for _ in 0..1000 {
+        creating = our_enis(&st).await;
+        if creating.iter().any(|(_, s)| s == "available") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        creating.iter().any(|(_, s)| s == "available"),
+        "the pool did not create an ENI: {creating:?}"
+    );
+
+    // The restart's clean-up, exactly as the deferred start-up task runs it.
+    let deleted = core.cloud().delete_own_available().await.unwrap();
+    assert!(
+        deleted.is_empty(),
+        "the clean-up deleted ENIs the pool is creating: {deleted:?}"
+    );
+
+    // The waiting ADD is served from a new ENI, and every ENI the pool created lands in the
+    // datastore attached; none was deleted or detached.
+    let a = match add.await.unwrap() {
+        AddOutcome::Assigned(a) => a,
+        AddOutcome::NoAddress => panic!("the waiting ADD got no address"),
+    };
+    for _ in 0..1000 {
+        if core.growth_in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    core.stop();
+    pm.await.unwrap();
+    let in_ds: BTreeSet<String> = core.with_ds(|ds| ds.enis().map(|e| e.id.clone()).collect());
+    assert!(in_ds.contains(&a.eni), "{} not in {in_ds:?}", a.eni);
+    let on_ec2 = our_enis(&st).await;
+    assert!(
+        on_ec2
+            .iter()
+            .all(|(id, s)| s == "in-use" && in_ds.contains(id)),
+        "EC2 {on_ec2:?} vs datastore {in_ds:?}"
+    );
+    let secondaries: BTreeSet<String> = core.with_ds(|ds| {
+        ds.enis()
+            .filter(|e| !e.is_primary)
+            .map(|e| e.id.clone())
+            .collect()
+    });
+    assert!(
+        !secondaries.is_empty()
+            && secondaries
+                .iter()
+                .all(|id| on_ec2.iter().any(|(e, _)| e == id)),
+        "EC2 {on_ec2:?} vs datastore {in_ds:?}"
+    );
+    let calls = sim.counters();
+    for action in ["DeleteNetworkInterface", "DetachNetworkInterface"] {
+        assert_eq!(calls.get(action).map_or(0, |c| c.calls), 0, "{action}");
+    }
+    assert!(sim.check_invariants().is_ok());
+}
+
+/// An ENI attached behind the daemon's back (here: a previous run's attach that landed after
+/// the restart read IMDS) holds one of the instance's ENI slots. Reconcile adopts it even while
+/// the pool is creating an ENI of its own (it used to wait until no creation was in flight,
+/// which during an ADD storm can be a long time, while the pool planned for a slot that was
+/// not there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_adopts_a_foreign_eni_while_growth_is_in_flight() {
+    use ipamd::ec2::{AddressRequest, CreateEniRequest, Ec2Api, Tags};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::new(SimConfig::default());
+    let st = start_full(&sim, dir.path(), &[]).await;
+    let core = st.core.clone();
+    core.pool_pass().await;
+    for i in 0..9 {
+        let r = core.add(&key(i), &PodMeta::default()).await.unwrap();
+        assert!(matches!(r, AddOutcome::Assigned(_)), "{r:?}");
+    }
+    let mut tags = Tags::new();
+    tags.insert(ipamd::eni::TAG_INSTANCE_ID.into(), st.instance_id.clone());
+    let foreign = st
+        .ec2
+        .create_network_interface(&CreateEniRequest {
+            subnet_id: st.subnet_id.clone(),
+            description: format!("aws-K8S-{}", st.instance_id),
+            security_groups: vec![],
+            addresses: AddressRequest::Ips(3),
+            tags,
+        })
+        .await
+        .unwrap();
+    st.ec2
+        .attach_network_interface(&foreign.eni_id, &st.instance_id, 1, 0)
+        .await
+        .unwrap();
+    // The pool grows (its primary ENI is full); its ENI creation is slow.
+    put_fault(st.admin, "CreateNetworkInterface", r#"{"latency_ms":2000}"#).await;
+    let c = core.clone();
+    let growth = tokio::spawn(async move { c.pool_pass().await });
+    for _ in 0..1000 {
+        if core.growth_in_flight() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(core.growth_in_flight() > 0, "no growth started");
+    core.reconcile().await;
+    let adopted = core.with_ds(|ds| ds.eni(&foreign.eni_id).is_some());
+    let still_growing = core.growth_in_flight() > 0;
+    growth.await.unwrap();
+    assert!(still_growing, "the growth ended before reconcile ran");
+    assert!(
+        adopted,
+        "reconcile did not adopt {} while growth was in flight",
+        foreign.eni_id
+    );
+    assert_eq!(
+        core.with_ds(|ds| ds.eni_cidrs(&foreign.eni_id).len()),
+        3,
+        "its addresses are usable"
+    );
+}
+
+/// A new ENI detached behind our back while the growth waits for IMDS to show it: the growth
+/// gives up on it at once (EC2 is asked while IMDS is slow) instead of waiting out the whole
+/// visibility budget while the pool counts it as growth in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growth_gives_up_on_an_eni_detached_while_waiting_for_imds() {
+    use ipamd::ec2::{AddressRequest, Ec2Api, Filter};
+    use ipamd::eni::EniError;
+    let sim = Sim::new(SimConfig::default());
+    let node = common::vpcsim_node(&sim).await;
+    // IMDS shows changes 5 s late (longer than the test manager's visibility wait covers).
+    sim.set_timing(Duration::ZERO, Duration::ZERO, Duration::from_secs(5));
+    let mgr = node.mgr.clone();
+    let create = tokio::spawn(async move { mgr.create_and_attach(AddressRequest::Ips(1)).await });
+    let filters = [Filter::new(
+        &format!("tag:{}", ipamd::eni::TAG_INSTANCE_ID),
+        &node.meta.instance_id,
+    )];
+    let mut attachment = None;
+    for _ in 0..1000 {
+        let enis = node
+            .ec2
+            .describe_network_interfaces_filtered(&filters)
+            .await
+            .unwrap();
+        attachment = enis
+            .into_iter()
+            .find_map(|e| e.attachment.filter(|a| a.device_index == 1));
+        if attachment.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let att = attachment.expect("the new ENI was never attached");
+    node.ec2
+        .detach_network_interface(&att.attachment_id, false)
+        .await
+        .unwrap();
+    let err = create.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, EniError::AttachmentLost { .. }),
+        "expected AttachmentLost, got {err:?}"
+    );
+    assert!(sim.check_invariants().is_ok());
 }
 
 /// Measurement, not a check (run with `--ignored --nocapture`): 27 concurrent ADDs on a fresh

@@ -12,7 +12,7 @@ use ipamd::eni::{
     AssumeLinkPresent, Backoff, EniError, EniManager, EniSettings, LeakedEniSweeper,
     TAG_CREATED_AT, TAG_INSTANCE_ID, TAG_NO_MANAGE, TAG_SUBNET_ROLE,
 };
-use ipamd::imds::{AwsImdsSource, Imds, ImdsSettings};
+use ipamd::imds::{HttpImdsSource, Imds, ImdsSettings};
 use ipamd::limiter::LimiterSettings;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,7 +23,7 @@ struct Env {
     ep: LoopbackEndpoints,
     instance_id: String,
     subnet_id: String,
-    imds: Imds<AwsImdsSource>,
+    imds: Imds<HttpImdsSource>,
     ec2: SdkEc2,
 }
 
@@ -43,7 +43,7 @@ async fn env_with(limiter: LimiterSettings, extra_subnets: &[(&str, &[(&str, &st
     let ep = sim.serve_loopback().await.unwrap();
     let imds_addr = ep.imds_for(&inst.instance_id).unwrap();
     let imds = Imds::new(
-        AwsImdsSource::new(&ImdsSettings {
+        HttpImdsSource::new(&ImdsSettings {
             endpoint: Some(format!("http://{imds_addr}")),
             ..ImdsSettings::default()
         })
@@ -99,7 +99,7 @@ impl Env {
         st
     }
 
-    async fn manager(&self) -> EniManager<SdkEc2, AwsImdsSource, AssumeLinkPresent> {
+    async fn manager(&self) -> EniManager<SdkEc2, HttpImdsSource, AssumeLinkPresent> {
         EniManager::new(
             self.ec2.clone(),
             self.imds.clone(),
@@ -464,7 +464,7 @@ async fn imds_token_is_refreshed_and_failures_are_bounded() {
     let e = env().await;
     let addr = e.ep.imds_for(&e.instance_id).unwrap();
     let imds = Imds::new(
-        AwsImdsSource::new(&ImdsSettings {
+        HttpImdsSource::new(&ImdsSettings {
             endpoint: Some(format!("http://{addr}")),
             token_ttl: Duration::from_secs(1),
             ..ImdsSettings::default()
@@ -487,7 +487,7 @@ async fn imds_token_is_refreshed_and_failures_are_bounded() {
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
     let imds = Imds::new(
-        AwsImdsSource::new(&ImdsSettings {
+        HttpImdsSource::new(&ImdsSettings {
             endpoint: Some(format!("http://{dead_addr}")),
             max_attempts: 2,
             ..ImdsSettings::default()
@@ -503,7 +503,7 @@ async fn imds_token_is_refreshed_and_failures_are_bounded() {
         "{err:?}"
     );
     assert!(
-        AwsImdsSource::new(&ImdsSettings {
+        HttpImdsSource::new(&ImdsSettings {
             endpoint: Some("not a url".into()),
             ..ImdsSettings::default()
         })
@@ -617,12 +617,89 @@ async fn describe_instance_types_reads_network_limits() {
         .describe_instance_types(&["m5.large".to_string(), "t3.medium".to_string()])
         .await
         .unwrap();
-    let m5 = v.iter().find(|t| t.instance_type == "m5.large").unwrap();
-    assert_eq!(m5.max_enis_default_card, 3);
-    assert_eq!(m5.ipv4_per_eni, 10);
-    assert!(m5.supports_prefixes());
-    let t3 = v.iter().find(|t| t.instance_type == "t3.medium").unwrap();
-    assert_eq!(t3.max_enis_default_card, 3);
-    assert_eq!(t3.ipv4_per_eni, 6);
+    // vpcsim serves the built-in table's network limits (not its informational fields), so the
+    // round trip through EC2's wire format and the shared converter must give back the limits
+    // the pool and the max-pods formula use.
+    assert_eq!(v.len(), 2);
+    for name in ["m5.large", "t3.medium"] {
+        let got = v.iter().find(|t| t.name == name).unwrap();
+        let want = awscni_limits::lookup(name).unwrap();
+        let limits = |t: &awscni_limits::InstanceType| {
+            (
+                t.hypervisor,
+                t.bare_metal,
+                t.default_vcpus,
+                t.max_enis,
+                t.default_card_enis(),
+                t.ipv4_per_eni,
+                t.network_cards
+                    .iter()
+                    .map(|c| (c.index, c.max_enis))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(limits(got), limits(want), "{name}");
+        for pd in [false, true] {
+            assert_eq!(
+                awscni_limits::node_max_pods(got, None, 0, pd, false, false),
+                awscni_limits::node_max_pods(want, None, 0, pd, false, false),
+                "{name} prefix delegation {pd}"
+            );
+        }
+    }
+    let m5 = v.iter().find(|t| t.name == "m5.large").unwrap();
+    assert_eq!((m5.default_card_enis(), m5.ipv4_per_eni), (3, 10));
+    assert!(m5.supports_prefix_delegation());
     assert!(e.ec2.describe_instance_types(&[]).await.unwrap().is_empty());
+}
+
+/// A type newer than the built-in table is resolved through `DescribeInstanceTypes`; one EC2
+/// does not know either fails start-up with the name, and so does IMDS-only mode.
+#[tokio::test]
+async fn unknown_instance_type_falls_back_to_describe_instance_types() {
+    use ipamd::daemon::resolve_instance_type;
+    use std::borrow::Cow;
+    let e = env().await;
+    // As if the table lacked m5.large: the answer must come from EC2, with the table's limits.
+    let it = resolve_instance_type("m5.large", None, Some(&e.ec2))
+        .await
+        .unwrap();
+    assert!(matches!(it, Cow::Owned(_)), "must have asked EC2");
+    let table = awscni_limits::lookup("m5.large").unwrap();
+    assert_eq!(
+        (
+            it.default_card_enis(),
+            it.ipv4_per_eni,
+            it.supports_prefix_delegation()
+        ),
+        (table.default_card_enis(), table.ipv4_per_eni, true)
+    );
+    let calls = e.ec2.stats().snapshot();
+    assert_eq!(calls["DescribeInstanceTypes"].attempts, 1);
+
+    // In the table: no EC2 call at all.
+    let it = resolve_instance_type("m5.large", Some(table), Some(&e.ec2))
+        .await
+        .unwrap();
+    assert!(matches!(it, Cow::Borrowed(_)));
+    assert_eq!(
+        e.ec2.stats().snapshot()["DescribeInstanceTypes"].attempts,
+        1
+    );
+
+    let err = resolve_instance_type("m5.lrage", None, Some(&e.ec2))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"m5.lrage\"") && err.contains("m5.large"),
+        "{err}"
+    );
+    assert!(err.contains("DescribeInstanceTypes"), "{err}");
+
+    let err = resolve_instance_type("m5.lrage", None, None::<&SdkEc2>)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ENABLE_IMDS_ONLY_MODE"), "{err}");
 }

@@ -96,14 +96,18 @@ async fn real_core_metrics_match_datastore_and_ec2() {
         vpc_cidrs: primary.vpc_cidrs.clone(),
         primary_mac: meta.primary_mac.clone(),
     };
+    let imds_stats = src.stats();
     let cloud = RealCloud::new(Some(mgr), Imds::new(src), &meta.primary_mac);
     let core = Arc::new(Core::new(cfg, node, limits, ds, cloud, NoHost));
+    // As `daemon::run` does with the interfaces it read at start.
+    core.note_eni_subnets(&interfaces);
     restore(&core, RESTORE_GRACE).await.unwrap();
     let servers = start_servers(
         core.clone(),
         Extras {
             ec2: Some(ec2.stats()),
             limiter: Some(ec2.limiter()),
+            imds: Some(imds_stats.clone()),
         },
         "v-e2e",
         "127.0.0.1:0",
@@ -203,14 +207,8 @@ async fn real_core_metrics_match_datastore_and_ec2() {
 
     // EC2 itself: the addresses on our ENIs are what the metrics count.
     let ids: Vec<String> = stats.enis.iter().map(|e| e.id.clone()).collect();
-    let on_ec2: usize = core
-        .cloud()
-        .describe(&ids)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.secondary_ips.len())
-        .sum();
+    let described = core.cloud().describe(&ids).await.unwrap();
+    let on_ec2: usize = described.iter().map(|e| e.secondary_ips.len()).sum();
     assert_eq!(get("awscni_total_ip_addresses", &[]), on_ec2 as f64);
     // The EC2 counters are the client's (our describe above only adds to DescribeNetworkInterfaces).
     let snap = ec2.stats().snapshot();
@@ -231,6 +229,25 @@ async fn real_core_metrics_match_datastore_and_ec2() {
         snap["AttachNetworkInterface"].attempts as f64
     );
 
+    // IMDS reads (waiting for the new ENI to show up) are upstream's `GetMetadata` series, and
+    // the scrape shows exactly what the client counted.
+    let imds_ok = imds_stats
+        .snapshot()
+        .get(&(false, "200".to_string()))
+        .map_or(0, |v| v.0);
+    assert!(imds_ok > 0, "the ENI wait reads IMDS");
+    assert_eq!(
+        get(
+            "awscni_aws_api_latency_ms_count",
+            &[
+                ("api", "GetMetadata"),
+                ("error", "false"),
+                ("status", "200")
+            ]
+        ),
+        imds_ok as f64
+    );
+
     // Introspection agrees with the same datastore.
     let enis: BTreeMap<String, EniInfosJson> = serde_json::from_str(&enis).unwrap();
     assert_eq!(enis["0"].total_ips, stats.total());
@@ -243,6 +260,17 @@ async fn real_core_metrics_match_datastore_and_ec2() {
         .map(|c| c.addresses.len())
         .sum();
     assert_eq!(listed, 9 + 3, "assigned + cooling addresses");
+    // SubnetID: what EC2 says, for the primary ENI (known from start-up) and for the ENI the
+    // pool manager created for the 12 pods.
+    assert!(described.len() >= 2);
+    for d in &described {
+        assert!(d.subnet_id.starts_with("subnet-"), "{d:?}");
+        assert_eq!(
+            enis["0"].enis[&d.eni_id].subnet_id, d.subnet_id,
+            "{}",
+            d.eni_id
+        );
+    }
     let pool: PoolJson = serde_json::from_str(&pool).unwrap();
     assert_eq!(pool.max_pods, mp.max_pods);
     assert_eq!((pool.assigned, pool.cooling), (9, 3));

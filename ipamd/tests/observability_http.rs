@@ -164,6 +164,7 @@ async fn servers_scrape_real_ec2_counters_and_the_datastore() {
     let extras = Extras {
         ec2: Some(stats.clone()),
         limiter: Some(ec2.limiter()),
+        imds: None,
     };
     let servers = start_servers(node.clone(), extras, "v1.2.3-test", "127.0.0.1:0").await;
     let metrics_addr = servers.metrics.as_ref().unwrap().local_addr().to_owned();
@@ -213,12 +214,44 @@ async fn servers_scrape_real_ec2_counters_and_the_datastore() {
             ),
             s.ok as f64
         );
+        // Upstream's labels: one series per (error, status); together they count every attempt.
+        let latency: Vec<&ipamd::metrics::Sample> = samples
+            .iter()
+            .filter(|x| {
+                x.name == "awscni_aws_api_latency_ms_count"
+                    && x.labels.get("api").map(String::as_str) == Some(action)
+            })
+            .collect();
         assert_eq!(
-            get("awscni_aws_api_latency_ms_count", &[("api", action)]),
+            latency.iter().map(|x| x.value).sum::<f64>(),
             s.attempts as f64
         );
-        assert!(get("awscni_aws_api_latency_ms_sum", &[("api", action)]) > 0.0);
+        assert_eq!(
+            get(
+                "awscni_aws_api_latency_ms_count",
+                &[("api", action), ("error", "false"), ("status", "200")]
+            ),
+            s.ok as f64
+        );
+        assert!(
+            get(
+                "awscni_aws_api_latency_ms_sum",
+                &[("api", action), ("error", "false"), ("status", "200")]
+            ) > 0.0
+        );
     }
+    // The unknown ENI: a failed attempt with EC2's HTTP status (400 for a client error).
+    assert_eq!(
+        get(
+            "awscni_aws_api_latency_ms_count",
+            &[
+                ("api", "DescribeNetworkInterfaces"),
+                ("error", "true"),
+                ("status", "400")
+            ]
+        ),
+        1.0
+    );
     assert_eq!(describe.ok, 2);
     assert_eq!(
         get(
@@ -368,4 +401,110 @@ async fn disable_switches_and_tcp_introspection() {
     let s = start_servers(node, Extras::default(), "v", "127.0.0.1:0").await;
     assert!(s.introspection.is_none());
     assert!(s.metrics.is_some());
+}
+
+/// PUT a vpcsim fault: every call of `action` fails with `code`.
+async fn fail_always(admin: std::net::SocketAddr, action: &str, code: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(r#"{{"error_rate":1.0,"error_code":"{code}"}}"#);
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req = format!(
+        "PUT /faults/{action} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 2"), "fault not accepted: {resp}");
+}
+
+/// `awscni_aws_utils_error_count` from the real ENI manager and EC2 client against vpcsim
+/// faults: a creation whose rollback cannot delete the half-made ENI, and freeing an ENI EC2
+/// will not describe; scraped over real HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helper_layer_failures_are_counted_under_upstream_labels() {
+    use ipamd::ec2::AddressRequest;
+    use ipamd::eni::{AssumeLinkPresent, Backoff, EniError, EniManager};
+    use ipamd::imds::Imds;
+
+    let sim = Sim::new(SimConfig::default());
+    let node = common::vpcsim_node(&sim).await;
+    // The node's manager settings, with a short delete retry: the fault below never clears.
+    let mut st = node.mgr.settings().clone();
+    st.delete_retry = Backoff {
+        attempts: 2,
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(5),
+    };
+    let mgr = EniManager::new(
+        node.ec2.clone(),
+        Imds::new(node.src.clone()),
+        AssumeLinkPresent,
+        st,
+    );
+    let admin = node.ep.admin;
+    fail_always(
+        admin,
+        "ModifyNetworkInterfaceAttribute",
+        "UnauthorizedOperation",
+    )
+    .await;
+    fail_always(admin, "DeleteNetworkInterface", "UnauthorizedOperation").await;
+    let err = mgr
+        .create_and_attach(AddressRequest::Ips(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EniError::Ec2(_)), "{err:?}");
+    fail_always(admin, "DescribeNetworkInterfaces", "UnauthorizedOperation").await;
+    let err = mgr.free_eni("eni-0123456789abcdef0").await.unwrap_err();
+    assert!(matches!(err, EniError::Ec2(_)), "{err:?}");
+
+    let n = Arc::new(Node {
+        ds: Mutex::new(Datastore::new(false, Duration::from_secs(30))),
+        cfg: config(&[("DISABLE_INTROSPECTION", "true")]),
+    });
+    let servers = start_servers(
+        n,
+        Extras {
+            ec2: Some(node.ec2.stats()),
+            limiter: None,
+            imds: None,
+        },
+        "v",
+        "127.0.0.1:0",
+    )
+    .await;
+    let addr = servers.metrics.as_ref().unwrap().local_addr().to_owned();
+    let (code, text) = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let (samples, types) = parse_text(&text).unwrap();
+    assert_eq!(types["awscni_aws_utils_error_count"], "counter");
+    let utils: BTreeMap<(String, String), f64> = samples
+        .iter()
+        .filter(|s| s.name == "awscni_aws_utils_error_count")
+        .map(|s| ((s.labels["fn"].clone(), s.labels["error"].clone()), s.value))
+        .collect();
+    let key = |f: &str| (f.to_owned(), "UnauthorizedOperation".to_owned());
+    assert_eq!(
+        utils,
+        BTreeMap::from([
+            (key("ENICleanupUponModifyNetworkErr"), 1.0),
+            (key("getENIAttachmentIDFailed"), 1.0),
+        ]),
+        "{text}"
+    );
+    // The failed attempts also show in the latency summary with EC2's status (403).
+    let failed: f64 = samples
+        .iter()
+        .filter(|s| {
+            s.name == "awscni_aws_api_latency_ms_count"
+                && s.labels.get("error").map(String::as_str) == Some("true")
+                && s.labels.get("status").map(String::as_str) == Some("403")
+        })
+        .map(|s| s.value)
+        .sum();
+    // One ModifyNetworkInterfaceAttribute, two DeleteNetworkInterface, one describe.
+    assert_eq!(failed, 4.0, "{text}");
 }

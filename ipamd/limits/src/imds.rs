@@ -3,6 +3,9 @@
 //! Plain `std` TCP with short timeouts: the CLI must fail fast off EC2 (the link-local address
 //! usually black-holes, so a connect without a timeout would hang for minutes), and the library
 //! stays free of an HTTP stack when the `ec2` feature is off.
+//!
+//! The endpoint and HTTP/1.1 response parsing here ([`parse_endpoint`], [`parse_response`]) is
+//! also what ipamd's async IMDS client uses: one implementation of the wire format.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -14,8 +17,9 @@ pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 pub const ENDPOINT_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
 /// Token lifetime requested; the CLI makes two requests, so a minute is plenty.
 const TOKEN_TTL_SECONDS: u32 = 60;
-/// Upper bound of a metadata response we accept (instance-type and region are tiny).
-const MAX_RESPONSE: u64 = 64 * 1024;
+/// Largest IMDS response accepted (headers + body). IMDS bodies are a few KiB at most
+/// (user-data is limited to 16 KiB); anything bigger is not IMDS.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// IMDS errors; each names the endpoint and the path.
 #[derive(Debug, thiserror::Error)]
@@ -69,31 +73,16 @@ impl Imds {
     /// read/write.
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, ImdsError> {
         let bad = || ImdsError::Endpoint(endpoint.to_string());
-        let rest = endpoint.trim().strip_prefix("http://").ok_or_else(bad)?;
-        let authority = rest.split('/').next().unwrap_or("");
-        if authority.is_empty() {
-            return Err(bad());
-        }
-        // `[v6]:port`, `[v6]`, `host:port`, `host`.
-        let with_port = if authority.starts_with('[') {
-            if authority.contains("]:") {
-                authority.to_string()
-            } else {
-                format!("{authority}:80")
-            }
-        } else if authority.contains(':') {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
-        let addr = with_port
+        let authority = parse_endpoint(endpoint).map_err(|_| bad())?;
+        let addr = authority
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(bad)?;
+        let host = authority.strip_suffix(":80").unwrap_or(&authority);
         Ok(Imds {
-            endpoint: format!("http://{authority}"),
-            host_header: authority.to_string(),
+            endpoint: format!("http://{host}"),
+            host_header: authority.clone(),
             addr,
             timeout,
         })
@@ -149,74 +138,145 @@ impl Imds {
         );
         s.write_all(req.as_bytes()).map_err(io)?;
         let mut raw = Vec::new();
-        s.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(io)?;
+        s.take(MAX_RESPONSE_BYTES as u64)
+            .read_to_end(&mut raw)
+            .map_err(io)?;
         self.parse_response(path, &raw)
     }
 
     fn parse_response(&self, path: &str, raw: &[u8]) -> Result<String, ImdsError> {
-        let malformed = |reason: &str| ImdsError::Malformed {
+        let malformed = |reason: String| ImdsError::Malformed {
             endpoint: self.endpoint.clone(),
             path: path.to_string(),
-            reason: reason.to_string(),
+            reason,
         };
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| malformed("no end of headers"))?;
-        let head =
-            std::str::from_utf8(&raw[..split]).map_err(|_| malformed("non-UTF-8 headers"))?;
-        let body = &raw[split + 4..];
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| malformed("no status line"))?;
-        let mut chunked = false;
-        let mut length: Option<usize> = None;
-        for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-                    chunked = true;
-                } else if k == "content-length" {
-                    length = v.parse().ok();
-                }
-            }
-        }
-        if status != 200 {
+        let r = parse_response(raw).map_err(malformed)?;
+        if r.status != 200 {
             return Err(ImdsError::Status {
                 endpoint: self.endpoint.clone(),
                 path: path.to_string(),
-                status,
+                status: r.status,
             });
         }
-        let body = if chunked {
-            dechunk(body).ok_or_else(|| malformed("bad chunked encoding"))?
-        } else if let Some(n) = length {
-            body.get(..n)
-                .ok_or_else(|| malformed("body shorter than Content-Length"))?
-                .to_vec()
-        } else {
-            body.to_vec()
-        };
-        String::from_utf8(body).map_err(|_| malformed("non-UTF-8 body"))
+        String::from_utf8(r.body).map_err(|_| malformed("non-UTF-8 body".into()))
     }
 }
 
-/// Decodes an HTTP/1.1 chunked body; `None` if malformed.
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+/// One HTTP response as far as an IMDS client needs it.
+#[derive(Debug, PartialEq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+/// Split `http://host[:port][/]` into `host:port` (port 80 when absent). Only `http`: IMDS has no TLS.
+pub fn parse_endpoint(ep: &str) -> Result<String, String> {
+    let rest = ep
+        .trim()
+        .strip_prefix("http://")
+        .ok_or("only http:// endpoints are supported (IMDS has no TLS)")?;
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || hostport.contains(['/', '?', '#', '@', ' ']) {
+        return Err("expected http://host[:port]".into());
+    }
+    let has_port = match hostport.rfind(']') {
+        // `[v6]` or `[v6]:port`
+        Some(i) => {
+            if !hostport.starts_with('[') {
+                return Err("unbalanced [ ] around an IPv6 address".into());
+            }
+            hostport[i + 1..].starts_with(':')
+        }
+        None => {
+            if hostport.contains('[') {
+                return Err("unbalanced [ ] around an IPv6 address".into());
+            }
+            hostport.contains(':')
+        }
+    };
+    if has_port {
+        let port = hostport.rsplit(':').next().unwrap_or("");
+        if port.parse::<u16>().is_err() {
+            return Err(format!("bad port {port:?}"));
+        }
+        Ok(hostport.to_string())
+    } else {
+        Ok(format!("{hostport}:80"))
+    }
+}
+
+/// Find the end of the header block (`\r\n\r\n`), returning the index after it.
+fn header_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Parse a complete HTTP/1.x response (the connection was read to EOF).
+pub fn parse_response(buf: &[u8]) -> Result<Response, String> {
+    let end = header_end(buf).ok_or("response ended inside the headers")?;
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "headers are not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("not an HTTP/1.x status line: {status_line:?}"));
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .filter(|c| (100..600).contains(c))
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    for l in lines.filter(|l| !l.is_empty()) {
+        let Some((name, value)) = l.split_once(':') else {
+            return Err(format!("bad header line {l:?}"));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(
+                value
+                    .parse()
+                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        }
+    }
+    let raw = &buf[end..];
+    let body = if chunked {
+        decode_chunked(raw)?
+    } else if let Some(n) = content_length {
+        raw.get(..n)
+            .ok_or_else(|| format!("body shorter ({}) than Content-Length {n}", raw.len()))?
+            .to_vec()
+    } else {
+        raw.to_vec()
+    };
+    Ok(Response { status, body })
+}
+
+/// Decode a `Transfer-Encoding: chunked` body (trailers ignored).
+pub fn decode_chunked(mut raw: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_str = std::str::from_utf8(&b[..eol]).ok()?;
-        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
-        b = &b[eol + 2..];
+        let nl = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunked body ended inside a chunk size")?;
+        let size_s = std::str::from_utf8(&raw[..nl]).map_err(|_| "chunk size is not UTF-8")?;
+        let size_s = size_s.split(';').next().unwrap_or("").trim();
+        let size =
+            usize::from_str_radix(size_s, 16).map_err(|_| format!("bad chunk size {size_s:?}"))?;
+        raw = &raw[nl + 2..];
         if size == 0 {
-            return Some(out);
+            return Ok(out);
         }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
+        let chunk = raw.get(..size).ok_or("chunked body ended inside a chunk")?;
+        out.extend_from_slice(chunk);
+        raw = raw.get(size + 2..).ok_or("chunk not followed by CRLF")?;
     }
 }
 
@@ -245,12 +305,60 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_parse_to_host_and_port() {
+        for (ep, want) in [
+            ("http://169.254.169.254", Ok("169.254.169.254:80")),
+            ("http://169.254.169.254/", Ok("169.254.169.254:80")),
+            ("http://127.0.0.1:8080", Ok("127.0.0.1:8080")),
+            ("http://[fd00:ec2::254]", Ok("[fd00:ec2::254]:80")),
+            ("http://[::1]:9000/", Ok("[::1]:9000")),
+            ("https://169.254.169.254", Err("only http://")),
+            ("http://", Err("expected http://host")),
+            ("http://h/latest", Err("expected http://host")),
+            ("http://[::1", Err("unbalanced")),
+            ("http://h:port", Err("bad port")),
+        ] {
+            match (parse_endpoint(ep), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{ep}"),
+                (Err(got), Err(w)) => assert!(got.contains(w), "{ep}: {got}"),
+                (got, w) => panic!("{ep}: got {got:?}, want {w:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn responses_parse_or_name_the_problem() {
+        let ok = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
+        assert_eq!((ok.status, ok.body.as_slice()), (200, &b"abc"[..]));
+        let eof = parse_response(b"HTTP/1.0 404 Not Found\r\n\r\ngone").unwrap();
+        assert_eq!((eof.status, eof.body.as_slice()), (404, &b"gone"[..]));
+        for (raw, want) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Le"[..], "inside the headers"),
+            (b"SSH-2.0-x\r\n\r\n", "not an HTTP/1.x status line"),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", "bad status line"),
+            (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "bad header line"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                "bad Content-Length",
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", "shorter"),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "bad chunk size",
+            ),
+        ] {
+            let e = parse_response(raw).unwrap_err();
+            assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
     fn chunked_bodies() {
         assert_eq!(
-            dechunk(b"4\r\nm5.l\r\n5\r\narge!\r\n0\r\n\r\n").unwrap(),
+            decode_chunked(b"4\r\nm5.l\r\n5\r\narge!\r\n0\r\n\r\n").unwrap(),
             b"m5.large!"
         );
-        assert!(dechunk(b"zz\r\n").is_none());
-        assert!(dechunk(b"10\r\nshort\r\n").is_none());
+        assert!(decode_chunked(b"zz\r\n").is_err());
+        assert!(decode_chunked(b"10\r\nshort\r\n").is_err());
     }
 }

@@ -47,9 +47,9 @@ pub struct VpcsimNode {
     /// Its subnet.
     pub subnet: String,
     /// IMDS source for the instance.
-    pub src: ipamd::imds::AwsImdsSource,
+    pub src: ipamd::imds::HttpImdsSource,
     /// IMDS client over `src`.
-    pub imds: ipamd::imds::Imds<ipamd::imds::AwsImdsSource>,
+    pub imds: ipamd::imds::Imds<ipamd::imds::HttpImdsSource>,
     /// The instance's metadata, read through IMDS.
     pub meta: ipamd::imds::InstanceMetadata,
     /// Its interfaces as IMDS shows them, the primary ENI first.
@@ -58,20 +58,20 @@ pub struct VpcsimNode {
     pub ec2: SdkEc2,
     /// ENI manager in the instance's subnet and security groups.
     pub mgr:
-        ipamd::eni::EniManager<SdkEc2, ipamd::imds::AwsImdsSource, ipamd::eni::AssumeLinkPresent>,
+        ipamd::eni::EniManager<SdkEc2, ipamd::imds::HttpImdsSource, ipamd::eni::AssumeLinkPresent>,
 }
 
 /// Builds a [`VpcsimNode`].
 pub async fn vpcsim_node(sim: &Arc<vpcsim::Sim>) -> VpcsimNode {
     use ipamd::eni::{AssumeLinkPresent, Backoff, EniManager, EniSettings};
-    use ipamd::imds::{AwsImdsSource, Imds, ImdsSettings};
+    use ipamd::imds::{HttpImdsSource, Imds, ImdsSettings};
 
     let subnet = sim
         .add_subnet("10.0.0.0/24".parse().unwrap(), None, &[])
         .unwrap();
     let inst = sim.add_instance("m5.large", &subnet).unwrap();
     let ep = sim.serve_loopback().await.unwrap();
-    let src = AwsImdsSource::new(&ImdsSettings {
+    let src = HttpImdsSource::new(&ImdsSettings {
         endpoint: Some(format!(
             "http://{}",
             ep.imds_for(&inst.instance_id).unwrap()

@@ -199,15 +199,24 @@ impl Ipamd {
         }
     }
 
-    /// Resident set size of the running process, in KiB (`VmRSS`).
-    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+    /// Memory of the running process from `/proc/<pid>/status`, in KiB.
+    pub fn memory(&self) -> anyhow::Result<Memory> {
         let pid = self.pid().context("ipamd is not running")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/<pid>/status")
+        let field = |name: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))
+        };
+        Ok(Memory {
+            rss: field("VmRSS:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")?,
+            hwm: field("VmHWM:")?,
+            threads: field("Threads:")?,
+        })
     }
 
     /// Log tails for failure messages.
@@ -216,6 +225,36 @@ impl Ipamd {
             "{}\n{}",
             crate::tail(&self.logs().1, n),
             crate::tail(&self.logs().0, n)
+        )
+    }
+}
+
+/// Memory figures of a process, in KiB (see proc(5)).
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: resident set, anonymous + file-backed + shared.
+    pub rss: u64,
+    /// `RssAnon`: heap, stacks and other private memory.
+    pub anon: u64,
+    /// `RssFile`: resident pages of mapped files (the binary, libc).
+    pub file: u64,
+    /// `VmHWM`: peak resident set.
+    pub hwm: u64,
+    /// Thread count (not KiB).
+    pub threads: u64,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MiB ({} KiB: anon {}, file {}; peak {} KiB; {} threads)",
+            self.rss as f64 / 1024.0,
+            self.rss,
+            self.anon,
+            self.file,
+            self.hwm,
+            self.threads
         )
     }
 }

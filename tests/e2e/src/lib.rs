@@ -20,13 +20,17 @@ pub mod net;
 pub mod stale;
 pub mod vpc;
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use bins::Bins;
-pub use cni::{Cni, Pod};
+pub use cni::{Cni, PluginFailure, Pod};
 pub use ec2::{Ec2, EniInfo};
 pub use ipamd::Ipamd;
 pub use vpc::{Description, NodeDesc, Vpc};
+
+use anyhow::Context;
 
 /// Environment variable carried by every process the harness starts, valued with the pid of
 /// the test process that owns it; [`stale::sweep`] kills processes whose owner is gone.
@@ -43,6 +47,10 @@ pub fn require_root() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Where a failed scenario keeps its full logs: `<FAILURE_DIR>/<scenario>-<UTC time>/`, one
+/// directory per failure, left for whoever investigates (the test's temp directory is removed).
+pub const FAILURE_DIR: &str = "/tmp/awscni-e2e-failures";
 
 /// Namespace prefix of one test: `e2e` + a tag (`g`..=`z`, outside the hex digits so the pid
 /// can be parsed back) + this process's pid in hex. At most 10 characters (vpcsim allows 12).
@@ -113,6 +121,8 @@ pub struct Cluster {
     pub prefix: String,
     /// Temp directory (vpcsim state, per-node ipamd directories).
     pub tmp: tempfile::TempDir,
+    /// Where [`Cluster::keep_evidence`] copied the logs, once it has.
+    kept: Mutex<Option<PathBuf>>,
 }
 
 impl Cluster {
@@ -147,15 +157,73 @@ impl Cluster {
             bins,
             prefix,
             tmp,
+            kept: Mutex::new(None),
         };
         for i in 0..nodes {
             let node = c.vpc.node(i)?.clone();
             let dir = c.tmp.path().join(&node.name);
-            let d = Ipamd::start(&c.bins.ipamd, &c.vpc, &node, &dir, ipamd_env)?;
+            let d = match Ipamd::start(&c.bins.ipamd, &c.vpc, &node, &dir, ipamd_env) {
+                Ok(d) => d,
+                // The node's directory is not in `ipamds` yet: keep it by hand.
+                Err(e) => return Err(e.context(c.keep_evidence_note(&[&dir]))),
+            };
             c.cnis.push(Cni::for_node(&c.bins.aws_cni, &d));
             c.ipamds.push(d);
         }
         Ok(c)
+    }
+
+    /// Copies the whole logs of this cluster (every node's ipamd directory: `ipamd.log`,
+    /// `ipamd.out`, `plugin.log`, checkpoint; and the vpcsim log) to a new
+    /// `<FAILURE_DIR>/<scenario>-<UTC time>/`, the scenario being the test's name. Called when
+    /// a scenario fails; a second call refreshes the same directory (the drop of a failed test
+    /// copies again once the ipamds are stopped, so the logs are complete). Returns the
+    /// directory.
+    pub fn keep_evidence(&self) -> anyhow::Result<PathBuf> {
+        self.keep_evidence_of(&[])
+    }
+
+    fn keep_evidence_of(&self, extra_dirs: &[&Path]) -> anyhow::Result<PathBuf> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let dest = match kept.as_ref() {
+            Some(d) => d.clone(),
+            None => new_failure_dir(&scenario_name())?,
+        };
+        *kept = Some(dest.clone());
+        let mut copied = 0;
+        let mut node_dirs: Vec<&Path> = self.ipamds.iter().map(|d| d.dir.as_path()).collect();
+        node_dirs.extend_from_slice(extra_dirs);
+        for dir in node_dirs {
+            let name = dir
+                .file_name()
+                .map_or_else(|| "node".into(), |n| n.to_string_lossy().into_owned());
+            copied += copy_files(dir, &dest.join(name))?;
+        }
+        let vpcsim_log = Path::new(&self.vpc.desc.log_file);
+        if vpcsim_log.is_file() {
+            let to = dest.join(
+                vpcsim_log
+                    .file_name()
+                    .map_or_else(|| "vpcsim.log".into(), |n| n.to_os_string()),
+            );
+            std::fs::copy(vpcsim_log, &to).with_context(|| {
+                format!("cannot copy {} to {}", vpcsim_log.display(), to.display())
+            })?;
+            copied += 1;
+        }
+        anyhow::ensure!(copied > 0, "no log files found to keep");
+        Ok(dest)
+    }
+
+    /// One line for a failure message: where the full logs are (or why they could not be kept).
+    fn keep_evidence_note(&self, extra_dirs: &[&Path]) -> String {
+        match self.keep_evidence_of(extra_dirs) {
+            Ok(d) => format!(
+                "full logs (ipamd.log, ipamd.out, plugin.log of every node, vpcsim log) kept in {}",
+                d.display()
+            ),
+            Err(e) => format!("could not keep the full logs under {FAILURE_DIR}: {e:#}"),
+        }
     }
 
     /// Creates pod `name` (namespace `<prefix>-<name>`) on node `node` and runs ADD.
@@ -186,13 +254,102 @@ impl Cluster {
         Ok((enis.iter().map(EniInfo::pod_capacity).sum(), enis.len()))
     }
 
-    /// Log tails of vpcsim and every ipamd (for failure messages).
+    /// For failure messages: keeps the full logs (see [`Cluster::keep_evidence`]) and returns
+    /// where they are, followed by the log tails of vpcsim and every ipamd.
     pub fn diagnostics(&self) -> String {
-        let mut s = self.vpc.log_tail(30);
+        let mut s = format!("=== {} ===\n", self.keep_evidence_note(&[]));
+        s.push_str(&self.vpc.log_tail(30));
         for d in &self.ipamds {
             s.push('\n');
             s.push_str(&d.log_tail(30));
         }
         s
     }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // A failed test (an assert, an unwrap, or `diagnostics` in its message): stop the
+        // ipamds first so that their logs are complete, then keep (or refresh) the copy.
+        for d in &mut self.ipamds {
+            let _ = d.kill9();
+        }
+        eprintln!("e2e: {}", self.keep_evidence_note(&[]));
+    }
+}
+
+/// The running test's name (libtest names each test's thread after it), as a file name.
+fn scenario_name() -> String {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("scenario")
+        .rsplit("::")
+        .next()
+        .unwrap_or("scenario")
+        .to_owned();
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Creates `<FAILURE_DIR>/<scenario>-<UTC time>` (with `-2`, `-3`, ... if taken).
+fn new_failure_dir(scenario: &str) -> anyhow::Result<PathBuf> {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = now
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .context("cannot format the time")?;
+    std::fs::create_dir_all(FAILURE_DIR).with_context(|| format!("cannot create {FAILURE_DIR}"))?;
+    for n in 1..100 {
+        let name = if n == 1 {
+            format!("{scenario}-{stamp}")
+        } else {
+            format!("{scenario}-{stamp}-{n}")
+        };
+        let dir = Path::new(FAILURE_DIR).join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    anyhow::bail!("too many failure directories for {scenario} at {stamp} in {FAILURE_DIR}")
+}
+
+/// Copies the regular files of `from` (not recursively; sockets and directories are skipped)
+/// into `to`, created if needed. Returns how many.
+fn copy_files(from: &Path, to: &Path) -> anyhow::Result<usize> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", from.display())),
+    };
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut n = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", from.display()))?;
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let dst = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &dst).with_context(|| {
+            format!(
+                "cannot copy {} to {}",
+                entry.path().display(),
+                dst.display()
+            )
+        })?;
+        n += 1;
+    }
+    Ok(n)
 }

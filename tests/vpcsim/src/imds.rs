@@ -24,6 +24,10 @@ pub const ROLE_NAME: &str = "vpcsim-node-role";
 struct Ctx {
     sim: Arc<Sim>,
     instance_id: Arc<str>,
+    /// The metadata tree of the last visible generation. A client reads ~10 paths per ENI (a
+    /// 15-ENI node ~150 on every ipamd start); rebuilding the whole tree for each one made the
+    /// emulator, not the client, the slow side of a restart.
+    cache: Arc<std::sync::Mutex<Option<TreeCache>>>,
 }
 
 /// Router serving IMDSv2 of `instance_id`.
@@ -31,6 +35,7 @@ pub fn router(sim: Arc<Sim>, instance_id: String) -> Router {
     Router::new().fallback(handle).with_state(Ctx {
         sim,
         instance_id: instance_id.into(),
+        cache: Arc::default(),
     })
 }
 
@@ -79,14 +84,34 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, headers: Heade
     if !valid {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
     }
-    let Some(tree) = build_tree(&ctx) else {
+    let Some(tree) = tree(&ctx) else {
         return not_found();
     };
     let rel = path.trim_start_matches('/');
     match lookup(&tree, rel) {
+        // Credentials carry an expiry relative to now: never serve them from the cache.
+        Some(_) if rel.trim_end_matches('/').strip_prefix(CREDENTIALS_DIR) == Some(ROLE_NAME) => {
+            text(StatusCode::OK, credentials())
+        }
         Some(body) => text(StatusCode::OK, body),
         None => not_found(),
     }
+}
+
+/// Directory of the instance role's credentials.
+const CREDENTIALS_DIR: &str = "latest/meta-data/iam/security-credentials/";
+
+/// The tree of the visible state, from the cache when the generation has not moved.
+fn tree(ctx: &Ctx) -> Option<Arc<Tree>> {
+    let (generation, state) = ctx.sim.visible();
+    if let Some((g, t)) = lock(&ctx.cache).as_ref()
+        && *g == generation
+    {
+        return Some(t.clone());
+    }
+    let t = Arc::new(build_tree(ctx, &state)?);
+    *lock(&ctx.cache) = Some((generation, t.clone()));
+    Some(t)
 }
 
 fn issue_token(ctx: &Ctx, headers: &HeaderMap) -> Response {
@@ -113,6 +138,9 @@ fn issue_token(ctx: &Ctx, headers: &HeaderMap) -> Response {
     }
     r
 }
+
+/// The tree built for one visible generation.
+type TreeCache = (u64, Arc<Tree>);
 
 /// Leaves of the metadata tree: full path (e.g. `latest/meta-data/mac`) → value, in listing
 /// order. Directories are implied by the paths.
@@ -142,8 +170,7 @@ fn lookup(tree: &Tree, rel: &str) -> Option<String> {
     (!children.is_empty()).then(|| children.join("\n"))
 }
 
-fn build_tree(ctx: &Ctx) -> Option<Tree> {
-    let (_, state) = ctx.sim.visible();
+fn build_tree(ctx: &Ctx, state: &crate::model::NetState) -> Option<Tree> {
     let node: &NodeState = state
         .nodes
         .iter()
@@ -182,7 +209,7 @@ fn build_tree(ctx: &Ctx) -> Option<Tree> {
     );
     put(
         format!("{md}/iam/security-credentials/{ROLE_NAME}"),
-        credentials(),
+        String::new(),
     );
     put(format!("{md}/instance-id"), node.instance_id.clone());
     put(format!("{md}/instance-type"), node.instance_type.clone());

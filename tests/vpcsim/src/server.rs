@@ -238,11 +238,14 @@ impl Sim {
     }
 
     /// The state IMDS and the fabric see now (after the IMDS lag), with its generation.
+    ///
+    /// No `record` here: every change goes through [`Self::with_model`], which records, and
+    /// `advance` records each transition it completes. Recording builds the whole network
+    /// state, and IMDS calls this once per request.
     pub(crate) fn visible(&self) -> (u64, Arc<NetState>) {
         let now = Instant::now();
         let mut m = lock(&self.model);
         m.advance(now);
-        m.record(now);
         m.visible(now)
     }
 

@@ -165,7 +165,7 @@ fn main() -> anyhow::Result<()> {
     let median_add = lat.get(lat.len() / 2).copied().unwrap_or_default();
 
     // ---- 2. RSS ----
-    let rss = ipamd.rss_kib()?;
+    let rss = ipamd.memory()?;
 
     // ---- 3. restart to serving ----
     let mut restarts = Vec::new();
@@ -177,6 +177,15 @@ fn main() -> anyhow::Result<()> {
         restarts.push(t.elapsed());
     }
     restarts.sort();
+    // ipamd logs its own start-up phases; print them so a slow restart can be explained.
+    let log = std::fs::read_to_string(ipamd.logs().0).unwrap_or_default();
+    let phases: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ipamd serving") || l.contains("EC2 client ready"))
+        .collect();
+    for l in phases.iter().rev().take(2 * args.restarts).rev() {
+        eprintln!("restart: {l}");
+    }
     let ckpt: serde_json::Value = serde_json::from_slice(&std::fs::read(ipamd.checkpoint())?)?;
     let restored = ckpt["allocations"].as_array().map_or(0, Vec::len);
 
@@ -188,6 +197,7 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(args.steady_secs));
     let steady = vpc.counters()?;
     let steady_elapsed = t_steady.elapsed();
+    let rss_after = ipamd.memory()?;
     let mutating: u64 = MUTATING_ACTIONS
         .iter()
         .filter_map(|a| steady.get(*a))
@@ -242,9 +252,9 @@ fn main() -> anyhow::Result<()> {
             0.0
         }
     );
+    println!("| ipamd RSS at {pods_n} pods (after the fill) | {rss} |");
     println!(
-        "| ipamd RSS at {pods_n} pods | {:.1} MiB ({rss} KiB) |",
-        rss as f64 / 1024.0
+        "| ipamd RSS at {pods_n} pods (restarted from the checkpoint, after the steady state) | {rss_after} |"
     );
     println!(
         "| restart → serving, {restored} allocations in the checkpoint ({} runs) | min {:.1} ms, median {:.1} ms, max {:.1} ms |",
