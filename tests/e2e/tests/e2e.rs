@@ -28,7 +28,7 @@ fn serial() -> MutexGuard<'static, ()> {
 /// Pod gateway inside every pod (datapath.md §2).
 const POD_GW: &str = "169.254.1.1";
 
-/// Fails the test with the message and the daemons' log tails.
+/// Fails the test with the message, where the full logs were kept and the daemons' log tails.
 fn ok<T>(c: &Cluster, r: anyhow::Result<T>) -> T {
     match r {
         Ok(v) => v,
@@ -109,6 +109,24 @@ fn smoke_one_pod() {
         !host_routes.iter().any(|(d, _)| d == &ip.to_string()),
         "host route to {ip} left after DEL: {host_routes:?}"
     );
+
+    // What a failure message points at: the whole logs, copied out of the temp directory
+    // (checked here on a passing run, then removed).
+    let kept = c.keep_evidence().unwrap();
+    let node = kept.join(&c.vpc.node(0).unwrap().name);
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    assert!(read(node.join("ipamd.log")).contains("ipamd serving"));
+    assert!(read(node.join("plugin.log")).contains(&pod.container_id));
+    assert!(node.join("ipamd.out").is_file());
+    let vpcsim_log = std::path::Path::new(&c.vpc.desc.log_file);
+    assert!(read(kept.join(vpcsim_log.file_name().unwrap())).contains("vpcsim"));
+    assert!(
+        c.diagnostics().contains(&kept.display().to_string()),
+        "the failure message names the kept logs"
+    );
+    std::fs::remove_dir_all(&kept).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
