@@ -630,11 +630,8 @@ impl Netlink {
     /// of transient heap per listing with 735 pods.
     pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
         use netlink_packet_core::Parseable;
-        let mut q = LinkMessage::default();
-        q.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         let mut out = Vec::new();
-        self.dump_raw(RouteNetlinkMessage::GetLink(q), "list links", |p| {
+        self.dump_raw(link_dump_request(), "list links", |p| {
             // One undecodable object (an exotic link kind, say) must not make the whole listing
             // fail; it is skipped, as in `exchange`.
             if let Ok(m) = <LinkMessage as Parseable<[u8]>>::parse(p) {
@@ -648,34 +645,38 @@ impl Netlink {
     /// on a node with hundreds of veths: statistics are not requested and only `IFLA_ADDRESS`
     /// is read from each reply (a full decode grows ADD latency linearly with the pod count).
     pub fn link_macs(&mut self) -> Result<Vec<MacAddr>, NlError> {
+        let mut out = Vec::new();
+        self.link_addresses("list link addresses", |_, mac| out.push(mac))?;
+        Ok(out)
+    }
+
+    /// Calls `f(ifindex, mac)` for every link that has a hardware address, reading only the
+    /// `ifinfomsg` header and `IFLA_ADDRESS` of each raw reply (no statistics requested).
+    fn link_addresses(&mut self, op: &str, mut f: impl FnMut(u32, MacAddr)) -> Result<(), NlError> {
         const IFINFOMSG_LEN: usize = 16;
         const IFLA_ADDRESS: u16 = 1;
-        let mut q = LinkMessage::default();
-        q.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let mut out = Vec::new();
-        self.dump_raw(
-            RouteNetlinkMessage::GetLink(q),
-            "list link addresses",
-            |p| {
-                let mut a = IFINFOMSG_LEN;
-                while a + 4 <= p.len() {
-                    let alen = u16::from_ne_bytes([p[a], p[a + 1]]) as usize;
-                    let atype = u16::from_ne_bytes([p[a + 2], p[a + 3]]) & 0x3fff;
-                    if alen < 4 || a + alen > p.len() {
-                        break;
-                    }
-                    if atype == IFLA_ADDRESS {
-                        if let Some(m) = MacAddr::from_slice(&p[a + 4..a + alen]) {
-                            out.push(m);
-                        }
-                        break;
-                    }
-                    a += (alen + 3) & !3;
+        self.dump_raw(link_dump_request(), op, |p| {
+            if p.len() < IFINFOMSG_LEN {
+                return;
+            }
+            // struct ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32.
+            let index = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
+            let mut a = IFINFOMSG_LEN;
+            while a + 4 <= p.len() {
+                let alen = u16::from_ne_bytes([p[a], p[a + 1]]) as usize;
+                let atype = u16::from_ne_bytes([p[a + 2], p[a + 3]]) & 0x3fff;
+                if alen < 4 || a + alen > p.len() {
+                    break;
                 }
-            },
-        )?;
-        Ok(out)
+                if atype == IFLA_ADDRESS {
+                    if let Some(m) = MacAddr::from_slice(&p[a + 4..a + alen]) {
+                        f(index, m);
+                    }
+                    break;
+                }
+                a += (alen + 3) & !3;
+            }
+        })
     }
 
     /// The link named `name`, if it exists.
@@ -708,32 +709,10 @@ impl Netlink {
 
     /// Interface index of the first link whose `IFLA_ADDRESS` is `mac`.
     fn link_index_by_mac(&mut self, mac: MacAddr) -> Result<Option<u32>, NlError> {
-        const IFINFOMSG_LEN: usize = 16;
-        const IFLA_ADDRESS: u16 = 1;
-        let mut q = LinkMessage::default();
-        q.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         let mut found = None;
-        self.dump_raw(RouteNetlinkMessage::GetLink(q), "find link by MAC", |p| {
-            if found.is_some() || p.len() < IFINFOMSG_LEN {
-                return;
-            }
-            // struct ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32.
-            let index = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
-            let mut a = IFINFOMSG_LEN;
-            while a + 4 <= p.len() {
-                let alen = u16::from_ne_bytes([p[a], p[a + 1]]) as usize;
-                let atype = u16::from_ne_bytes([p[a + 2], p[a + 3]]) & 0x3fff;
-                if alen < 4 || a + alen > p.len() {
-                    break;
-                }
-                if atype == IFLA_ADDRESS {
-                    if MacAddr::from_slice(&p[a + 4..a + alen]) == Some(mac) {
-                        found = Some(index);
-                    }
-                    break;
-                }
-                a += (alen + 3) & !3;
+        self.link_addresses("find link by MAC", |index, m| {
+            if found.is_none() && m == mac {
+                found = Some(index);
             }
         })?;
         Ok(found)
@@ -1141,6 +1120,15 @@ fn family_of(ip: IpAddr) -> AddressFamily {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     }
+}
+
+/// A link dump request that asks the kernel to leave statistics out of every reply (they are
+/// most of each message and nothing here reads them).
+fn link_dump_request() -> RouteNetlinkMessage {
+    let mut q = LinkMessage::default();
+    q.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    RouteNetlinkMessage::GetLink(q)
 }
 
 fn link_from(l: LinkMessage) -> Link {
