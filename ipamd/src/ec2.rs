@@ -425,7 +425,7 @@ pub struct ActionStats {
     /// Attempt latencies by upstream's `awscni_aws_api_latency_ms` labels `(error, status)`:
     /// `error` is whether the attempt failed, `status` the HTTP status (`200` on success, empty
     /// when no response came back). Few distinct keys: one per status code seen.
-    pub latency_by_outcome: BTreeMap<(bool, String), LatencySum>,
+    pub latency_by_outcome: LatencyByOutcome,
 }
 
 /// Count and sum of latencies (a Prometheus summary without quantiles, as upstream's).
@@ -436,6 +436,17 @@ pub struct LatencySum {
     /// Their sum.
     pub total: Duration,
 }
+
+impl LatencySum {
+    /// Records one observation.
+    pub fn add(&mut self, latency: Duration) {
+        self.count += 1;
+        self.total += latency;
+    }
+}
+
+/// Latencies by upstream's `awscni_aws_api_latency_ms` labels `(error, status)`.
+pub type LatencyByOutcome = BTreeMap<(bool, String), LatencySum>;
 
 /// Most distinct `(fn, error)` pairs kept for `awscni_aws_utils_error_count`; later new pairs
 /// are counted under `error="other"` so an unexpected error stream cannot grow the metric
@@ -475,12 +486,10 @@ impl Ec2Stats {
             None => "200".to_string(),
             Some(e) => e.status.map(|c| c.to_string()).unwrap_or_default(),
         };
-        let l = s
-            .latency_by_outcome
+        s.latency_by_outcome
             .entry((err.is_some(), status))
-            .or_default();
-        l.count += 1;
-        l.total += latency;
+            .or_default()
+            .add(latency);
         match err {
             None => s.ok += 1,
             Some(e) => {

@@ -22,6 +22,8 @@ use std::time::Duration;
 use awscni_limits::imds::{MAX_RESPONSE_BYTES, Response, parse_endpoint, parse_response};
 use ipnet::Ipv4Net;
 
+use crate::ec2::LatencyByOutcome;
+
 /// Base path of every metadata request.
 pub const META: &str = "/latest/meta-data/";
 
@@ -139,7 +141,7 @@ pub struct HttpImdsSource {
 /// included, as upstream times its SDK call.
 #[derive(Debug, Default)]
 pub struct ImdsStats {
-    by_outcome: Mutex<BTreeMap<(bool, String), (u64, Duration)>>,
+    by_outcome: Mutex<LatencyByOutcome>,
 }
 
 impl ImdsStats {
@@ -151,13 +153,13 @@ impl ImdsStats {
             Err(p) => p.into_inner(),
         };
         // Few keys: one per status code seen.
-        let e = m.entry((failed, status.to_string())).or_default();
-        e.0 += 1;
-        e.1 += latency;
+        m.entry((failed, status.to_string()))
+            .or_default()
+            .add(latency);
     }
 
-    /// `(failed, status) → (count, total latency)`.
-    pub fn snapshot(&self) -> BTreeMap<(bool, String), (u64, Duration)> {
+    /// Latencies by `(failed, status)`.
+    pub fn snapshot(&self) -> LatencyByOutcome {
         match self.by_outcome.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -1037,8 +1039,8 @@ mod tests {
         }
         assert_eq!(c.get("/latest/meta-data/missing").await.unwrap(), None);
         let stats = c.stats().snapshot();
-        assert_eq!(stats.get(&(false, "200".into())).map(|v| v.0), Some(20));
-        assert_eq!(stats.get(&(true, "404".into())).map(|v| v.0), Some(1));
+        assert_eq!(stats.get(&(false, "200".into())).map(|v| v.count), Some(20));
+        assert_eq!(stats.get(&(true, "404".into())).map(|v| v.count), Some(1));
         let seen = seen.lock().unwrap();
         let puts = seen.iter().filter(|r| r.method == "PUT").count();
         assert_eq!(puts, 1, "one token for all requests: {seen:?}");

@@ -19,7 +19,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
-use crate::ec2::Ec2Stats;
+use crate::ec2::{Ec2Stats, LatencyByOutcome};
 use crate::introspect::{Observe, Snapshot};
 use crate::limiter::TokenBucket;
 use crate::pool::{Decision, Grow};
@@ -747,6 +747,19 @@ impl Builder {
         });
     }
 
+    /// One `awscni_aws_api_latency_ms` series per `(error, status)` of `api` (EC2 actions and
+    /// IMDS reads alike), in milliseconds.
+    fn latency_summaries(&mut self, api: &str, by_outcome: &LatencyByOutcome) {
+        for ((failed, status), l) in by_outcome {
+            self.summary(
+                "awscni_aws_api_latency_ms",
+                &[api, if *failed { "true" } else { "false" }, status],
+                l.count,
+                l.total.as_secs_f64() * 1e3,
+            );
+        }
+    }
+
     fn histogram(&mut self, name: &str, values: &[&str], buckets: &[f64], h: &HistogramValues) {
         debug_assert_eq!(buckets.len(), h.cumulative.len(), "buckets of {name}");
         self.push(name, values, |m| {
@@ -877,18 +890,7 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
     );
 
     if let Some(imds) = &extras.imds {
-        for ((failed, status), (count, total)) in imds.snapshot() {
-            b.summary(
-                "awscni_aws_api_latency_ms",
-                &[
-                    "GetMetadata",
-                    if failed { "true" } else { "false" },
-                    &status,
-                ],
-                count,
-                total.as_secs_f64() * 1e3,
-            );
-        }
+        b.latency_summaries("GetMetadata", &imds.snapshot());
     }
     if let Some(ec2) = &extras.ec2 {
         for (action, s) in ec2.snapshot() {
@@ -904,14 +906,7 @@ pub fn awscni_families(snap: &Snapshot, extras: &Extras, version: &str) -> Vec<M
                 &[action, "success"],
                 s.ok as f64,
             );
-            for ((failed, status), l) in &s.latency_by_outcome {
-                b.summary(
-                    "awscni_aws_api_latency_ms",
-                    &[action, if *failed { "true" } else { "false" }, status],
-                    l.count,
-                    l.total.as_secs_f64() * 1e3,
-                );
-            }
+            b.latency_summaries(action, &s.latency_by_outcome);
             b.value(
                 "awscni_ec2api_throttle_count",
                 &[action],

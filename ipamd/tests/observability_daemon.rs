@@ -234,7 +234,7 @@ async fn real_core_metrics_match_datastore_and_ec2() {
     let imds_ok = imds_stats
         .snapshot()
         .get(&(false, "200".to_string()))
-        .map_or(0, |v| v.0);
+        .map_or(0, |v| v.count);
     assert!(imds_ok > 0, "the ENI wait reads IMDS");
     assert_eq!(
         get(
