@@ -494,6 +494,7 @@ mod tests {
                 trunk: false,
                 efa: false,
                 subnet: "10.0.64.0/18".parse().unwrap(),
+                subnet_id: "subnet-1".into(),
                 primary_ip: Ipv4Addr::new(10, 0, 70, 10),
             },
             now,

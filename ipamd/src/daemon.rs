@@ -286,9 +286,6 @@ pub struct Core<C: Cloud, H: Host> {
     detaching: Mutex<Vec<EniId>>,
     pool_lock: tokio::sync::Mutex<()>,
     state: Mutex<PoolState>,
-    /// Subnet ID of each ENI seen (introspection's `SubnetID`); the datastore keeps the subnet
-    /// CIDR only.
-    eni_subnets: Mutex<std::collections::BTreeMap<EniId, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -394,6 +391,7 @@ pub fn eni_info_from_imds(m: &EniMetadata, custom_networking: bool) -> Option<En
         trunk: false,
         efa: false,
         subnet: m.subnet_cidr,
+        subnet_id: m.subnet_id.clone(),
         primary_ip: m.primary_ip()?,
     })
 }
@@ -445,25 +443,7 @@ impl<C: Cloud, H: Host> Core<C, H> {
             detaching: Mutex::new(Vec::new()),
             pool_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(PoolState::default()),
-            eni_subnets: Mutex::new(std::collections::BTreeMap::new()),
         }
-    }
-
-    /// Introspection hook: remembers the subnet ID of every ENI in `interfaces` (IMDS's view,
-    /// read at start and by each reconcile) and forgets ENIs neither there nor in the datastore,
-    /// so the map stays as small as the node's ENI count.
-    pub fn note_eni_subnets(&self, interfaces: &[EniMetadata]) {
-        let known: HashSet<EniId> = self.with_ds(|ds| ds.enis().map(|e| e.id.clone()).collect());
-        let mut m = lock(&self.eni_subnets);
-        for i in interfaces.iter().filter(|i| !i.subnet_id.is_empty()) {
-            m.insert(i.eni_id.clone(), i.subnet_id.clone());
-        }
-        m.retain(|id, _| known.contains(id) || interfaces.iter().any(|i| &i.eni_id == id));
-    }
-
-    /// Subnet IDs by ENI, where known.
-    pub fn eni_subnet_ids(&self) -> std::collections::BTreeMap<EniId, String> {
-        lock(&self.eni_subnets).clone()
     }
 
     /// Read access to the datastore (tests, introspection).
@@ -867,6 +847,12 @@ impl<C: Cloud, H: Host> Core<C, H> {
             trunk: false,
             efa: false,
             subnet: attached.metadata.subnet_cidr,
+            // EC2's answer; IMDS shows the same.
+            subnet_id: if attached.info.subnet_id.is_empty() {
+                attached.metadata.subnet_id.clone()
+            } else {
+                attached.info.subnet_id.clone()
+            },
             primary_ip,
         };
         let host = self.host.clone();
@@ -885,10 +871,6 @@ impl<C: Cloud, H: Host> Core<C, H> {
         }
         tracing::info!(eni = %info.id, device = info.device_number, cidrs = ec2_cidrs(&attached.info).len(), "ENI attached and set up");
         lock(&self.ds).add_eni(info.clone(), SystemTime::now());
-        // Introspection hook: EC2's subnet of the new ENI (IMDS shows the same).
-        if !attached.info.subnet_id.is_empty() {
-            lock(&self.eni_subnets).insert(info.id.clone(), attached.info.subnet_id.clone());
-        }
         let cidrs: Vec<Ipv4Net> = ec2_cidrs(&attached.info).into_iter().collect();
         self.add_cidrs(&info.id, &cidrs);
         Ok(())
@@ -1221,7 +1203,6 @@ impl<C: Cloud, H: Host> Core<C, H> {
             }
         };
         let imds: Vec<EniMetadata> = imds.into_iter().filter(|m| m.network_card == 0).collect();
-        self.note_eni_subnets(&imds);
         let now = Instant::now();
         let (landing, unmanaged, settle, released, freed) = {
             let mut st = lock(&self.state);
@@ -2132,7 +2113,6 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     let cloud = RealCloud::new(mgr, Imds::new(src), &inst.primary_mac);
     let core = Arc::new(Core::new(cfg, node, limits, ds, cloud, host));
     core.set_unmanaged(unmanaged);
-    core.note_eni_subnets(&card0);
     let init_busy = core.counters.in_progress.enter("nodeInit");
     // Metrics and introspection from here on, so an operator can watch the start-up; kept
     // alive until `run` returns.
@@ -2710,7 +2690,6 @@ pub(crate) mod tests {
             cloud,
             FakeHost::default(),
         ));
-        c.note_eni_subnets(&imds);
         restore(&c, RESTORE_GRACE).await.unwrap();
         c
     }

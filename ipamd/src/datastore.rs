@@ -116,6 +116,8 @@ pub struct EniInfo {
     pub efa: bool,
     /// The ENI's subnet.
     pub subnet: Ipv4Net,
+    /// `subnet-…` (introspection's `SubnetID`); empty where no source said.
+    pub subnet_id: String,
     /// The ENI's own primary private IP (never given to pods).
     pub primary_ip: Ipv4Addr,
 }
@@ -1211,6 +1213,7 @@ mod tests {
             trunk: false,
             efa: false,
             subnet: "10.0.0.0/16".parse().unwrap(),
+            subnet_id: "subnet-1".into(),
             primary_ip: Ipv4Addr::new(10, 0, dev as u8, 1),
         }
     }

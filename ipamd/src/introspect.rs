@@ -137,8 +137,6 @@ pub struct Snapshot {
     pub counters: CounterValues,
     /// Node facts.
     pub node: NodeInfo,
-    /// Subnet ID of each ENI, where known (upstream's `SubnetID` in `/v1/enis`).
-    pub subnet_ids: BTreeMap<EniId, String>,
 }
 
 impl Snapshot {
@@ -188,7 +186,6 @@ impl Snapshot {
             last_pool_error: None,
             counters: CounterValues::default(),
             node: NodeInfo::default(),
-            subnet_ids: BTreeMap::new(),
         }
     }
 
@@ -227,7 +224,6 @@ impl<C: Cloud, H: Host> Observe for Core<C, H> {
         s.last_pool_error = self.last_pool_error();
         s.counters = CounterValues::read(&self.counters);
         s.node = self.node.clone();
-        s.subnet_ids = self.eni_subnet_ids();
         s
     }
     fn config(&self) -> &Config {
@@ -480,7 +476,7 @@ pub fn enis_json(s: &Snapshot) -> BTreeMap<String, EniInfosJson> {
                 excluded: info.is_some_and(|i| i.excluded),
                 route_table_id: info
                     .map_or(crate::datastore::MAIN_ROUTE_TABLE, |i| i.route_table()),
-                subnet_id: s.subnet_ids.get(&e.id).cloned().unwrap_or_default(),
+                subnet_id: info.map(|i| i.subnet_id.clone()).unwrap_or_default(),
             },
         );
     }

@@ -1304,6 +1304,7 @@ mod tests {
                     trunk: false,
                     efa: false,
                     subnet: "10.0.0.0/16".parse().unwrap(),
+                    subnet_id: "subnet-1".into(),
                     primary_ip: ip.parse().unwrap(),
                 },
                 now,

@@ -805,6 +805,7 @@ mod tests {
                     trunk: false,
                     efa: false,
                     subnet: "10.0.0.0/16".parse().unwrap(),
+                    subnet_id: "subnet-1".into(),
                     primary_ip: Ipv4Addr::new(10, 0, 0, 10 + dev as u8),
                 },
                 self.now,

@@ -99,8 +99,6 @@ async fn real_core_metrics_match_datastore_and_ec2() {
     let imds_stats = src.stats();
     let cloud = RealCloud::new(Some(mgr), Imds::new(src), &meta.primary_mac);
     let core = Arc::new(Core::new(cfg, node, limits, ds, cloud, NoHost));
-    // As `daemon::run` does with the interfaces it read at start.
-    core.note_eni_subnets(&interfaces);
     restore(&core, RESTORE_GRACE).await.unwrap();
     let servers = start_servers(
         core.clone(),

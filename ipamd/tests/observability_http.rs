@@ -126,6 +126,7 @@ async fn servers_scrape_real_ec2_counters_and_the_datastore() {
             trunk: false,
             efa: false,
             subnet: "10.0.0.0/24".parse().unwrap(),
+            subnet_id: inst.subnet_id.clone(),
             primary_ip: inst.primary_ip,
         },
         now,
