@@ -299,16 +299,10 @@ pub fn veth_hash(namespace: &str, name: &str) -> String {
 /// Length of [`veth_hash`].
 const VETH_HASH_LEN: usize = 11;
 
-/// Whether a pod still has its host veth: some link name ends with its hash (upstream's restore
-/// test, ipam.md §10.3). For many pods, build a [`VethIndex`] once instead.
-pub fn pod_has_veth<S: AsRef<str>>(namespace: &str, name: &str, links: &[S]) -> bool {
-    let h = veth_hash(namespace, name);
-    links.iter().any(|l| l.as_ref().ends_with(&h))
-}
-
-/// The host's link names indexed by their last 11 characters, so that restore answers
-/// [`pod_has_veth`] for every allocation with one hash lookup instead of a scan of every link
-/// (hundreds of pods times hundreds of veths on a full node).
+/// The host's link names indexed by their last 11 characters, so that restore answers "does this
+/// pod still have its host veth — does some link name end with its [`veth_hash`]" (upstream's
+/// restore test, ipam.md §10.3) for every allocation with one hash lookup instead of a scan of
+/// every link (hundreds of pods times hundreds of veths on a full node).
 #[derive(Debug, Clone, Default)]
 pub struct VethIndex {
     suffixes: HashSet<String>,
@@ -330,7 +324,7 @@ impl VethIndex {
         Self { suffixes }
     }
 
-    /// Same answer as [`pod_has_veth`] over the indexed names.
+    /// Whether some indexed link name ends with the pod's [`veth_hash`].
     pub fn pod_has_veth(&self, namespace: &str, name: &str) -> bool {
         self.suffixes.contains(&veth_hash(namespace, name))
     }
@@ -341,6 +335,12 @@ impl VethIndex {
 mod tests {
     use super::*;
     use crate::datastore::{Datastore, EniInfo, IpamKey, PodMeta};
+
+    /// The direct form of the restore test, the oracle [`VethIndex`] is checked against.
+    fn pod_has_veth<S: AsRef<str>>(namespace: &str, name: &str, links: &[S]) -> bool {
+        let h = veth_hash(namespace, name);
+        links.iter().any(|l| l.as_ref().ends_with(&h))
+    }
     use std::net::Ipv4Addr;
     use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, UNIX_EPOCH};
