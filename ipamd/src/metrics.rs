@@ -361,11 +361,8 @@ const fn ours(
     help: &'static str,
 ) -> FamilySpec {
     FamilySpec {
-        name,
-        kind,
-        labels,
-        help,
         upstream: false,
+        ..up(name, kind, labels, help)
     }
 }
 
