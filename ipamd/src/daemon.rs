@@ -2070,11 +2070,9 @@ pub async fn run(mut cfg: Config, version: &str) -> Result<(), StartError> {
     let ds = build_datastore(&cfg, &card0, described.as_deref(), &unmanaged);
 
     let runner = SystemRunner::default();
-    let vpc_cidrs = if primary.vpc_cidrs.is_empty() {
-        imds.vpc_cidrs(&inst.primary_mac).await.unwrap_or_default()
-    } else {
-        primary.vpc_cidrs.clone()
-    };
+    // Read with the primary ENI above (`Imds::interface` reads the same
+    // `vpc-ipv4-cidr-blocks` path); asking again would only repeat a 404.
+    let vpc_cidrs = primary.vpc_cidrs.clone();
     let snat = SnatSettings {
         external_snat: cfg.external_snat,
         exclude_snat_cidrs: cfg.exclude_snat_cidrs.clone(),
