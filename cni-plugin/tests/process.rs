@@ -6,88 +6,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
-use common::TestNs;
 use common::node::{Node, PLUGIN, Pod};
 use serde_json::Value;
-
-/// What one run produced.
-#[derive(Debug)]
-struct Out {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the plugin for `verb`/`pod` inside `ns`, with RLIMIT_STACK set to `stack` bytes (the
-/// limit that sizes the main thread's stack) when given.
-fn run(ns: &TestNs, verb: &str, pod: &Pod, conf: &Value, stack: Option<u64>) -> Out {
-    let nsfile = std::fs::File::open(ns.path()).unwrap();
-    let fd = nsfile.as_raw_fd();
-    let mut cmd = Command::new(PLUGIN);
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", verb)
-        .env("CNI_CONTAINERID", &pod.cid)
-        .env("CNI_NETNS", pod.netns_path())
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", pod.name),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    #[allow(unsafe_code)]
-    // SAFETY: runs in the forked child before exec and only calls setrlimit(2) and setns(2),
-    // both async-signal-safe; `fd` stays open until spawn returns (`nsfile` outlives it).
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(s) = stack {
-                let lim = libc::rlimit {
-                    rlim_cur: s,
-                    rlim_max: s,
-                };
-                if libc::setrlimit(libc::RLIMIT_STACK, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            nix::sched::setns(
-                BorrowedFd::borrow_raw(fd),
-                nix::sched::CloneFlags::CLONE_NEWNET,
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes());
-    let out = child.wait_with_output().unwrap();
-    Out {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Parses stdout as exactly one JSON document, or fails naming how the process ended.
-fn doc(o: &Out) -> Value {
-    serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}); exit {:?}, signal {:?}: {o:?}",
-            o.status.code(),
-            o.status.signal()
-        )
-    })
-}
 
 /// A Unix socket where "ipamd" accepts each connection, reads the start of the request and
 /// dies: what the plugin sees when ipamd is `kill -9`ed in the middle of a call.
@@ -120,13 +43,13 @@ fn add_and_del_fit_in_a_256_kib_stack() {
     let node = Node::new(Ipv4Addr::new(198, 18, 40, 0));
     let mut conf = node.conf("1.0.0");
     let pod = Pod::new("stack");
-    let add = run(&node.ns, "ADD", &pod, &conf, Some(256 * 1024));
-    assert!(add.status.success(), "{add:?}");
-    let res = doc(&add);
+    let add = node.cni_limited("ADD", &pod, &conf, Some(256 * 1024));
+    assert_eq!(add.code, 0, "{add:?}");
+    let res = add.json();
     assert!(res["ips"][0]["address"].is_string(), "{res}");
     conf["prevResult"] = res;
-    let del = run(&node.ns, "DEL", &pod, &conf, Some(256 * 1024));
-    assert!(del.status.success(), "{del:?}");
+    let del = node.cni_limited("DEL", &pod, &conf, Some(256 * 1024));
+    assert_eq!(del.code, 0, "{del:?}");
     assert_eq!(node.ipamd.live(), 0);
 }
 
@@ -143,10 +66,10 @@ fn ipamd_dying_mid_call_is_try_again() {
     conf["ipamdSocket"] = Value::String(sock.display().to_string());
     let pod = Pod::new("dying");
     for verb in ["ADD", "CHECK", "GC"] {
-        let o = run(&node.ns, verb, &pod, &conf, Some(256 * 1024));
-        let d = doc(&o);
+        let o = node.cni_limited(verb, &pod, &conf, Some(256 * 1024));
+        let d = o.json();
         assert!(o.stderr.is_empty(), "{verb}: {o:?}");
-        assert_eq!(o.status.code(), Some(1), "{verb}: {o:?}");
+        assert_eq!(o.code, 1, "{verb}: {o:?}");
         assert_eq!(d["code"], 11, "{verb}: {d}");
         let details = d["details"].as_str().unwrap_or_default();
         assert!(
@@ -158,8 +81,8 @@ fn ipamd_dying_mid_call_is_try_again() {
         assert!(!details.contains("Unknown"), "{details}");
     }
     // DEL tears down locally and succeeds, as with ipamd down.
-    let o = run(&node.ns, "DEL", &pod, &conf, None);
-    assert!(o.status.success(), "{o:?}");
+    let o = node.cni("DEL", &pod, &conf);
+    assert_eq!(o.code, 0, "{o:?}");
     assert!(o.stdout.trim().is_empty(), "{o:?}");
 }
 

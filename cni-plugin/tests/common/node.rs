@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
@@ -19,7 +19,10 @@ pub const PLUGIN: &str = env!("CARGO_BIN_EXE_aws-cni");
 /// Result of one plugin run.
 #[derive(Debug)]
 pub struct Run {
+    /// Exit code; -1 when a signal ended the process.
     pub code: i32,
+    /// The signal that ended the process, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -27,8 +30,12 @@ pub struct Run {
 impl Run {
     /// stdout parsed as JSON (panics if it is not exactly one JSON document).
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}); exit {}, signal {:?}: {self:?}",
+                self.code, self.signal
+            )
+        })
     }
 
     /// The CNI error code (panics when the run succeeded).
@@ -51,6 +58,19 @@ pub fn run_in_ns(
     env: &[(String, String)],
     stdin: &str,
 ) -> Run {
+    run_in_ns_limited(bin, args, ns, env, stdin, None)
+}
+
+/// [`run_in_ns`] with RLIMIT_STACK set to `stack` bytes when given (the limit that sizes the
+/// main thread's stack, as a runtime passes it down).
+pub fn run_in_ns_limited(
+    bin: &str,
+    args: &[String],
+    ns: &TestNs,
+    env: &[(String, String)],
+    stdin: &str,
+    stack: Option<u64>,
+) -> Run {
     let nsfile = std::fs::File::open(ns.path()).unwrap();
     let fd = nsfile.as_raw_fd();
     let mut cmd = Command::new(bin);
@@ -62,11 +82,20 @@ pub fn run_in_ns(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which
-    // is async-signal-safe; `fd` stays open in the parent (and so in the child) until spawn
-    // returns because `nsfile` lives to the end of this function.
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2) and
+    // setns(2), both async-signal-safe; `fd` stays open in the parent (and so in the child)
+    // until spawn returns because `nsfile` lives to the end of this function.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(s) = stack {
+                let lim = libc::rlimit {
+                    rlim_cur: s,
+                    rlim_max: s,
+                };
+                if libc::setrlimit(libc::RLIMIT_STACK, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             nix::sched::setns(
                 BorrowedFd::borrow_raw(fd),
                 nix::sched::CloneFlags::CLONE_NEWNET,
@@ -84,6 +113,7 @@ pub fn run_in_ns(
     drop(nsfile);
     Run {
         code: out.status.code().unwrap_or(-1),
+        signal: out.status.signal(),
         stdout: String::from_utf8_lossy(&out.stdout).to_string(),
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     }
@@ -134,20 +164,29 @@ impl Node {
 
     /// Runs the plugin in this node.
     pub fn run(&self, env: &[(&str, &str)], stdin: &str) -> Run {
+        self.run_limited(env, stdin, None)
+    }
+
+    fn run_limited(&self, env: &[(&str, &str)], stdin: &str, stack: Option<u64>) -> Run {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        run_in_ns(PLUGIN, &[], &self.ns, &env, stdin)
+        run_in_ns_limited(PLUGIN, &[], &self.ns, &env, stdin, stack)
     }
 
     /// Runs `verb` for a pod.
     pub fn cni(&self, verb: &str, pod: &Pod, conf: &Value) -> Run {
+        self.cni_limited(verb, pod, conf, None)
+    }
+
+    /// [`Self::cni`] with RLIMIT_STACK set to `stack` bytes when given.
+    pub fn cni_limited(&self, verb: &str, pod: &Pod, conf: &Value, stack: Option<u64>) -> Run {
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
             pod.k8s_ns, pod.name, pod.cid
         );
-        self.run(
+        self.run_limited(
             &[
                 ("CNI_COMMAND", verb),
                 ("CNI_CONTAINERID", &pod.cid),
@@ -157,6 +196,7 @@ impl Node {
                 ("CNI_PATH", "/usr/lib/cni"),
             ],
             &conf.to_string(),
+            stack,
         )
     }
 
