@@ -13,7 +13,12 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-flag=()
-[ "$PROFILE" = release ] && flag=(--release)
-cargo build "${flag[@]}" -p vpcsim -p ipamd -p aws-cni -p awscni-e2e --bins
+if [ "$PROFILE" = release ]; then
+    # ipamd on its own, as the image builds it (conf/Dockerfile): built together with other
+    # packages, shared dependencies may get other features and ipamd/hot-text.ld would not match.
+    cargo build --release -p ipamd --bin ipamd
+    cargo build --release -p vpcsim -p aws-cni -p awscni-e2e --bins
+else
+    cargo build -p vpcsim -p ipamd -p aws-cni -p awscni-e2e --bins
+fi
 exec "$CARGO_TARGET_DIR/$PROFILE/bench-ipamd" "$@"

@@ -251,7 +251,8 @@ pub fn down(vpcsim: &Path, prefix: &str, state_dir: &Path) -> anyhow::Result<()>
 }
 
 /// Minimal HTTP/1.0 client (the admin API is plain JSON on loopback).
-fn http(base: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+/// One HTTP/1.0 request to `base` (`http://host:port`); returns (status, body).
+pub fn http(base: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
     let hostport = base
         .trim_start_matches("http://")
         .trim_end_matches('/')

@@ -4,9 +4,13 @@
 //! 1. Fill a fresh node to max pods with an emulated attach latency: wall time, EC2 calls per
 //!    action, and the time upstream's one-ENI-per-5-s-tick growth would need for the same
 //!    number of ENIs.
-//! 2. ipamd RSS at max pods.
+//! 2. ipamd RSS at max pods: right after the fill; after a churn (some pods deleted and
+//!    re-added) and the pool settling; after restarts and the steady state.
 //! 3. Restart to serving with a full checkpoint (`kill -9`, start, health check SERVING).
 //! 4. EC2 calls during a steady state with constant pods (expected: 0 mutating).
+//!
+//! ipamd runs with its defaults (metrics and introspection on), scraped as Prometheus and an
+//! operator would: the memory and the code a node keeps resident include serving them.
 //!
 //! Usage: see `docs/benchmarks/ipamd.md` (`scripts/bench-ipamd.sh` wraps it).
 
@@ -22,6 +26,16 @@ use clap::Parser;
 
 /// Upstream's pool-manager period: one ENI at most per tick (ipam.md §3).
 const UPSTREAM_TICK: Duration = Duration::from_secs(5);
+/// How long after the churn the second RSS reading is taken (see where it is used).
+const SETTLE: Duration = Duration::from_secs(10);
+/// Scrape period of ipamd's metrics during the steady state (a fast Prometheus).
+const SCRAPE_EVERY: Duration = Duration::from_secs(5);
+/// ipamd's default metrics and introspection endpoints, inside the node's namespace.
+const METRICS: &str = "http://127.0.0.1:61678";
+const INTROSPECTION: &str = "http://127.0.0.1:61679";
+/// IP cooldown during the run (`IP_COOLDOWN_PERIOD`; default 30 s): at max pods a re-added
+/// pod waits for a deleted pod's address to cool down, and 5 s keeps the churn short.
+const COOLDOWN_SECS: &str = "5";
 
 #[derive(Parser)]
 #[command(about = "ipamd benchmarks on vpcsim (root only)")]
@@ -48,10 +62,58 @@ struct Args {
     /// ipamd binary to measure (e.g. a release build); default: the one beside the others.
     #[arg(long)]
     ipamd: Option<std::path::PathBuf>,
+    /// Pods deleted and added again after the fill, as a rolling update would (default: a
+    /// tenth of the pods).
+    #[arg(long)]
+    churn: Option<usize>,
+    /// Run ipamd without metrics and introspection (`DISABLE_METRICS`/`DISABLE_INTROSPECTION`),
+    /// and scrape nothing.
+    #[arg(long)]
+    no_http: bool,
     /// ipamd reconcile period during the run (`AWS_VPC_CNI_RECONCILE_SECONDS`); 1 s makes the
     /// default window 720 reconcile passes, as many as an hour at the default 5 s.
     #[arg(long, default_value_t = 1)]
     reconcile_secs: u64,
+}
+
+/// RSS readings per measurement, [`SAMPLE_GAP`] apart.
+const SAMPLES: usize = 5;
+const SAMPLE_GAP: Duration = Duration::from_millis(500);
+
+/// A memory measurement: the median of [`SAMPLES`] readings (by `VmRSS`) and the largest.
+/// One reading alone varies by ±0.5 MiB with the moment it lands on: a reconcile pass over a
+/// full node (every second here) allocates several hundred KiB that it frees at its end.
+struct Sampled {
+    median: awscni_e2e::ipamd::Memory,
+    max_rss: u64,
+}
+
+impl std::fmt::Display for Sampled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (median of {SAMPLES} readings over {:.0} s; max {} KiB)",
+            self.median,
+            (SAMPLE_GAP * (SAMPLES as u32 - 1)).as_secs_f64(),
+            self.max_rss
+        )
+    }
+}
+
+fn sample_memory(ipamd: &Ipamd) -> anyhow::Result<Sampled> {
+    let mut readings = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES {
+        if i > 0 {
+            std::thread::sleep(SAMPLE_GAP);
+        }
+        readings.push(ipamd.memory()?);
+    }
+    readings.sort_by_key(|m| m.rss);
+    let max_rss = readings.last().map_or(0, |m| m.rss);
+    Ok(Sampled {
+        median: readings[SAMPLES / 2],
+        max_rss,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,13 +144,54 @@ fn main() -> anyhow::Result<()> {
     // ---- 1. fill ----
     vpc.reset_counters()?;
     let t0 = Instant::now();
+    let http_off = if args.no_http { "true" } else { "false" };
     let mut ipamd = Ipamd::start(
         &bins.ipamd,
         &vpc,
         &node,
         &tmp.path().join("node1"),
-        &[("AWS_VPC_CNI_RECONCILE_SECONDS", &reconcile)],
+        &[
+            ("AWS_VPC_CNI_RECONCILE_SECONDS", &reconcile),
+            ("IP_COOLDOWN_PERIOD", COOLDOWN_SECS),
+            ("DISABLE_METRICS", http_off),
+            ("DISABLE_INTROSPECTION", http_off),
+        ],
     )?;
+    // GETs the endpoints in the node's namespace; returns how many failed.
+    let scrape = |paths: &[(&str, &str)]| -> usize {
+        if args.no_http {
+            return 0;
+        }
+        let r = awscni_e2e::net::in_netns(&node.namespace, || {
+            paths
+                .iter()
+                .filter(
+                    |(base, path)| match awscni_e2e::vpc::http(base, "GET", path, "") {
+                        Ok((200, body)) if !body.is_empty() => false,
+                        Ok((status, _)) => {
+                            eprintln!("bench: GET {base}{path}: status {status}");
+                            true
+                        }
+                        Err(e) => {
+                            eprintln!("bench: GET {base}{path}: {e:#}");
+                            true
+                        }
+                    },
+                )
+                .count()
+        });
+        r.unwrap_or_else(|e| {
+            eprintln!("bench: scrape: {e:#}");
+            paths.len()
+        })
+    };
+    let all_endpoints = [
+        (METRICS, "/metrics"),
+        (INTROSPECTION, "/v1/enis"),
+        (INTROSPECTION, "/v1/pods"),
+        (INTROSPECTION, "/v1/pool"),
+    ];
+    let mut scrape_failures = 0;
     let serving = t0.elapsed();
     let cni = Cni::for_node(&bins.aws_cni, &ipamd);
     let pods_n = match args.pods {
@@ -164,8 +267,38 @@ fn main() -> anyhow::Result<()> {
     lat.sort();
     let median_add = lat.get(lat.len() / 2).copied().unwrap_or_default();
 
-    // ---- 2. RSS ----
-    let rss = ipamd.memory()?;
+    // ---- 2. RSS, churn ----
+    let rss = sample_memory(&ipamd)?;
+    scrape_failures += scrape(&all_endpoints);
+    let churn_n = args.churn.unwrap_or(pods_n / 10).min(pods_n);
+    let t_churn = Instant::now();
+    for p in pods.iter().rev().take(churn_n) {
+        let p = p.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        cni.del(&p)?;
+    }
+    scrape_failures += scrape(&all_endpoints);
+    let mut churn_retries = 0;
+    for p in pods.iter().rev().take(churn_n) {
+        let mut p = p.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // At max pods the only addresses are the deleted pods' ones, cooling down.
+        while let Err(e) = cni.add(&mut p) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "churn: {} not re-added: {e:#}",
+                p.name
+            );
+            churn_retries += 1;
+            let _ = cni.del(&p);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let churn = t_churn.elapsed();
+    scrape_failures += scrape(&all_endpoints);
+    // Again once the pool has settled: ipamd returns freed heap to the kernel at most every
+    // 5 s and idle blocking threads exit after 2 s, so this is what the node keeps.
+    std::thread::sleep(SETTLE);
+    let rss_settled = sample_memory(&ipamd)?;
 
     // ---- 3. restart to serving ----
     let mut restarts = Vec::new();
@@ -194,10 +327,24 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(10));
     vpc.reset_counters()?;
     let t_steady = Instant::now();
-    std::thread::sleep(Duration::from_secs(args.steady_secs));
+    let mut scrapes = 0;
+    while t_steady.elapsed() < Duration::from_secs(args.steady_secs) {
+        std::thread::sleep(
+            SCRAPE_EVERY
+                .min(Duration::from_secs(args.steady_secs).saturating_sub(t_steady.elapsed())),
+        );
+        // Metrics every period, the introspection pages every sixth (an operator's dashboard).
+        let n = if scrapes % 6 == 0 {
+            all_endpoints.len()
+        } else {
+            1
+        };
+        scrape_failures += scrape(&all_endpoints[..n]);
+        scrapes += 1;
+    }
     let steady = vpc.counters()?;
     let steady_elapsed = t_steady.elapsed();
-    let rss_after = ipamd.memory()?;
+    let rss_after = sample_memory(&ipamd)?;
     let mutating: u64 = MUTATING_ACTIONS
         .iter()
         .filter_map(|a| steady.get(*a))
@@ -252,7 +399,15 @@ fn main() -> anyhow::Result<()> {
             0.0
         }
     );
-    println!("| ipamd RSS at {pods_n} pods (after the fill) | {rss} |");
+    println!("| ipamd RSS at {pods_n} pods (right after the fill) | {rss} |");
+    println!(
+        "| churn: {churn_n} pods deleted and added again (cooldown {COOLDOWN_SECS} s) | {:.1} s, {churn_retries} ADD retries |",
+        churn.as_secs_f64()
+    );
+    println!(
+        "| ipamd RSS at {pods_n} pods (same process, {} s after the churn) | {rss_settled} |",
+        SETTLE.as_secs()
+    );
     println!(
         "| ipamd RSS at {pods_n} pods (restarted from the checkpoint, after the steady state) | {rss_after} |"
     );
@@ -265,6 +420,13 @@ fn main() -> anyhow::Result<()> {
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         restarts.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     );
+    if args.no_http {
+        println!("| metrics / introspection | off (--no-http) |");
+    } else {
+        println!(
+            "| metrics / introspection | on; {scrapes} scrapes in the steady state, {scrape_failures} failed GETs |"
+        );
+    }
     println!(
         "| steady state: {:.0} s at reconcile {} s ({} reconcile passes) | {} EC2 calls, {mutating} mutating |",
         steady_elapsed.as_secs_f64(),
