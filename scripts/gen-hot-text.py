@@ -6,14 +6,16 @@ usage: gen-hot-text.py addrs MAP            (function addresses for fn-trace, on
        gen-hot-text.py MAP OUT.ld --steady HITS... --fill HITS...
 
 MAP is the linker map of the release ipamd (LLD's `-Map`, see ipamd/build.rs): it names every
-function section and its address in exactly the build that is traced, stripped or not. HITS are
-`fn-trace` logs (one hex link-time address per line, first hit first). `--steady` logs come from ipamd processes
-that started from a full checkpoint and ran the steady state (what a node runs for days);
-`--fill` logs from processes that filled a node (start-up, EC2 growth, the ADD storm).
+function section and its address in exactly the build that is traced, stripped or not (an
+unstripped build would be another build: the profile's `strip` setting changes symbol hashes).
+HITS are `fn-trace` logs (one hex link-time address per line, first hit first). `--steady` logs
+come from ipamd processes that started from a full checkpoint and ran the steady state (what a
+node runs for days); `--fill` logs from processes that filled a node (start-up, EC2 growth, the
+ADD storm, the churn, the metrics and introspection scrapes).
 
 Why: the kernel maps code in 64 KiB fault-around blocks, so RSS counts every block that holds one
-executed function. Unordered, ipamd's ~2.9 MiB of executed code touches nearly every block of its
-~8 MiB `.text`. The script packs the executed functions into one output section, `.text.hot`,
+executed function. Unordered, ipamd's ~3.3 MiB of executed code touches nearly every block of
+its ~8 MiB `.text`. The script packs the executed functions into one output section, `.text.hot`,
 placed before `.text` (`INSERT BEFORE`, so the linker's default layout stays as it is):
 
 1. functions the steady-state processes ran, in first-hit order;
@@ -22,7 +24,7 @@ placed before `.text` (`INSERT BEFORE`, so the linker's default layout stays as 
 
 Patterns are input-section globs (`rustc` emits one `.text.<symbol>` section per function):
 - a legacy-mangled name's `17h<16 hex>E` hash is replaced by `*` when the rest of the name is
-  unique in BINARY. The hash changes with the toolchain, the crate graph and Cargo.lock, the path
+  unique in the build. The hash changes with the toolchain, the crate graph and Cargo.lock, the path
   does not, so these survive most rebuilds;
 - generic functions share that hash-free name across instances (`<&T as Debug>::fmt` has 900),
   so their executed instances are listed by exact name, and tier 3 catches all instances by the
@@ -32,7 +34,8 @@ Patterns are input-section globs (`rustc` emits one `.text.<symbol>` section per
 - v0-mangled names (the prebuilt standard library) get their crate disambiguators (`Cs…_`)
   globbed, and LTO's `.llvm.N` / `.N` suffixes a trailing `*`.
 A stale pattern matches nothing and the linker ignores it: the layout degrades, the build never
-fails. Regenerate with scripts/gen-hot-text.sh after larger changes (BENCHMARKS.md says when).
+fails. Regenerate with scripts/gen-hot-text.sh after changes to ipamd, a toolchain bump or a
+Cargo.lock update; `check` says how much still matches (docs/ipamd.md, "Memory").
 """
 import re
 import sys

@@ -20,6 +20,11 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The generator of the release ipamd's code layout (ipamd/hot-text.ld): a wrong pattern would
+# not fail any build, it would only cost memory.
+step "scripts/gen-hot-text.py tests"
+python3 scripts/test_gen_hot_text.py
+
 step "cargo build (all binaries; end-to-end tests spawn them)"
 cargo build --workspace --bins
 
