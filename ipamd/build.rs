@@ -29,13 +29,8 @@ fn main() {
         println!("cargo:rustc-link-arg-bin=ipamd=-Xlinker");
         println!("cargo:rustc-link-arg-bin=ipamd=-Map={map}");
     }
-    // Cargo runs build scripts in the package directory and sets CARGO_MANIFEST_DIR; the linker
-    // runs elsewhere, so the script's path must be absolute.
-    let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") else {
-        println!("cargo:warning=CARGO_MANIFEST_DIR unset: linking ipamd without hot-text.ld");
-        return;
-    };
-    let script = std::path::Path::new(&dir).join("hot-text.ld");
+    // The linker runs in another directory, so the script's path must be absolute.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hot-text.ld");
     if script.is_file() {
         // -Xlinker hands the next argument over verbatim (-Wl, would split a path at commas).
         println!("cargo:rustc-link-arg-bin=ipamd=-Xlinker");

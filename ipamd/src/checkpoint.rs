@@ -335,15 +335,15 @@ impl VethIndex {
 mod tests {
     use super::*;
     use crate::datastore::{Datastore, EniInfo, IpamKey, PodMeta};
+    use std::net::Ipv4Addr;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, UNIX_EPOCH};
 
     /// The direct form of the restore test, the oracle [`VethIndex`] is checked against.
     fn pod_has_veth<S: AsRef<str>>(namespace: &str, name: &str, links: &[S]) -> bool {
         let h = veth_hash(namespace, name);
         links.iter().any(|l| l.as_ref().ends_with(&h))
     }
-    use std::net::Ipv4Addr;
-    use std::os::unix::fs::PermissionsExt;
-    use std::time::{Duration, UNIX_EPOCH};
 
     /// Written by hand in upstream's on-disk shape: one line, Go field order, `omitempty`,
     /// including an old allocation without metadata and one unknown future field.

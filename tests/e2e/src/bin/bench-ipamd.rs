@@ -116,6 +116,32 @@ fn sample_memory(ipamd: &Ipamd) -> anyhow::Result<Sampled> {
     })
 }
 
+/// Adds `pod` as the kubelet does: a failed ADD is torn down (DEL) and tried again after
+/// `pause`, until `give_up` has passed. Returns the successful ADD's latency; counts each retry
+/// in `retries`.
+fn add_retrying(
+    cni: &Cni,
+    pod: &mut Pod,
+    give_up: Duration,
+    pause: Duration,
+    retries: &AtomicUsize,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + give_up;
+    loop {
+        let t = Instant::now();
+        match cni.add(pod) {
+            Ok(_) => return Ok(t.elapsed()),
+            Err(e) if Instant::now() < deadline => {
+                retries.fetch_add(1, Ordering::SeqCst);
+                eprintln!("bench: retrying {}: {e:#}", pod.name);
+                let _ = cni.del(pod);
+                std::thread::sleep(pause);
+            }
+            Err(e) => return Err(e.context(format!("{} not added", pod.name))),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     awscni_e2e::require_root()?;
@@ -231,25 +257,15 @@ fn main() -> anyhow::Result<()> {
                         let i = next.fetch_add(1, Ordering::SeqCst);
                         let Some(p) = pods.get(i) else { return Ok(()) };
                         let mut p = p.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                        let deadline = Instant::now() + Duration::from_secs(300);
-                        loop {
-                            let t = Instant::now();
-                            match cni.add(&mut p) {
-                                Ok(_) => {
-                                    if let Ok(mut l) = add_lat.lock() {
-                                        l.push(t.elapsed());
-                                    }
-                                    break;
-                                }
-                                Err(e) if Instant::now() < deadline => {
-                                    // As the kubelet: tear the sandbox down, try again.
-                                    retries.fetch_add(1, Ordering::SeqCst);
-                                    eprintln!("bench: retrying {}: {e:#}", p.name);
-                                    let _ = cni.del(&p);
-                                    std::thread::sleep(Duration::from_millis(200));
-                                }
-                                Err(e) => return Err(e),
-                            }
+                        let lat = add_retrying(
+                            &cni,
+                            &mut p,
+                            Duration::from_secs(300),
+                            Duration::from_millis(200),
+                            &retries,
+                        )?;
+                        if let Ok(mut l) = add_lat.lock() {
+                            l.push(lat);
                         }
                     }
                 })
@@ -282,22 +298,20 @@ fn main() -> anyhow::Result<()> {
         cni.del(&p)?;
     }
     scrape_failures += scrape(&all_endpoints);
-    let mut churn_retries = 0;
+    let churn_retries = AtomicUsize::new(0);
     for p in pods.iter().rev().take(churn_n) {
         let mut p = p.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let deadline = Instant::now() + Duration::from_secs(120);
         // At max pods the only addresses are the deleted pods' ones, cooling down.
-        while let Err(e) = cni.add(&mut p) {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "churn: {} not re-added: {e:#}",
-                p.name
-            );
-            churn_retries += 1;
-            let _ = cni.del(&p);
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        add_retrying(
+            &cni,
+            &mut p,
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            &churn_retries,
+        )
+        .context("churn")?;
     }
+    let churn_retries = churn_retries.into_inner();
     let churn = t_churn.elapsed();
     scrape_failures += scrape(&all_endpoints);
     // Again once the pool has settled: ipamd returns freed heap to the kernel at most every

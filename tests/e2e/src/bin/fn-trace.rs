@@ -263,7 +263,7 @@ fn run() -> anyhow::Result<u8> {
         .open(&mem_path)
         .with_context(|| mem_path.clone())?;
     // One read and one write of the whole span instead of two syscalls per function
-    // (ipamd has ~100k functions).
+    // (ipamd has ~14k functions).
     let len = usize::try_from(hi - lo + 1).context("address span too large")?;
     let mut buf = vec![0u8; len];
     mem.read_exact_at(&mut buf, base + lo).with_context(|| {
